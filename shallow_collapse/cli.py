@@ -1,0 +1,48 @@
+"""The command line shared by every entry script: ``SCRIPT.py CONFIG [key=value ...] [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, load_config
+from .devices import resolve_device
+from .jobs import JOBS
+from .runs import open_run
+
+__all__ = ["main"]
+
+
+def _parser(job_name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{job_name}.py", description=JOBS[job_name].description,
+        epilog="Every config key, its default and meaning: README.md, section 'Config keys'.")
+    parser.add_argument("config", help="YAML config file, e.g. configs/%s.yml" % job_name)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override config keys; values are YAML, e.g. repeat=2 in_features_list=[1,8]")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output root (default: out/)")
+    return parser
+
+
+def main(job_name: str, argv=None) -> int:
+    """Validate the config, open the run folder, run the job; print the folder. Returns the exit
+    status: 0 done, 2 bad config (nothing written), 130 interrupted (finished cells kept)."""
+    parser = _parser(job_name)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, defaults={"name": job_name})
+        resolve_device(cfg["device"])
+    except (ConfigError, RuntimeError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    job = JOBS[job_name]
+    command = [parser.prog, *(sys.argv[1:] if argv is None else argv)]
+    run = open_run(cfg, job_name, job.scopes, args.out, argv=command)
+    try:
+        job.target(cfg, run)
+    except KeyboardInterrupt:
+        run.log.warning("interrupted: finished cells are kept; rerun the same command to resume")
+        return 130
+    finally:
+        run.close()
+    print(run.path)
+    return 0

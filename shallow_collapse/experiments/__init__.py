@@ -1,0 +1,1 @@
+"""One module per method: the glue between the numerics, run folders, sweeps and plots."""

@@ -1,0 +1,179 @@
+"""The one sweep engine: a grid of cells, each evaluated by a method, stored as it finishes.
+
+A *cell* is one (class sizes, d) point of the grid with all its repeats; its data are drawn from
+(seed, class sizes, d, repeat) alone (:mod:`shallow_collapse.data`), so any method sees the same
+draws in any order. A *method* is ``evaluate_cell(cfg, cell, datasets) -> rows`` (see
+CONTRIBUTING.md). Each finished cell is written atomically to ``cells/<key>.json``; a rerun skips
+cells already there (``use_cache``), so an interrupted sweep resumes and ends with the same table.
+``results.csv`` (one row per method, cell and repeat) and ``summary.csv`` (mean and std of log10
+NC1 per method, group and d) are rebuilt from the cell files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from . import metrics
+from .data import Dataset, gaussian_data
+from .runs import Run, atomic_write_json, atomic_write_text
+
+__all__ = ["Cell", "grid_cells", "cell_datasets", "evaluate_and_store", "run_sweep", "read_table",
+           "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
+
+RESULT_COLUMNS = ["method", "N", "class_sizes", "in_features", "repeat", "seed", "nc1", "log10_nc1",
+                  "data_nc1", "log10_rel_nc1", "status"]
+SUMMARY_COLUMNS = ["method", "N", "class_sizes", "in_features", "count", "n_ok", "n_failed",
+                   "mean_log10_nc1", "std_log10_nc1", "mean_log10_rel_nc1", "std_log10_rel_nc1"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: ``class_sizes`` (tuple), ``in_features`` d, and the ``repeats`` it holds."""
+
+    class_sizes: tuple
+    in_features: int
+    repeats: tuple
+
+    @property
+    def N(self) -> int:
+        return sum(self.class_sizes)
+
+    @property
+    def key(self) -> str:
+        """File-name key, e.g. ``n512-512_d8``."""
+        return f"n{'-'.join(map(str, self.class_sizes))}_d{self.in_features}"
+
+
+def grid_cells(cfg: dict, grid: str) -> list[Cell]:
+    """Cells of a ``balanced`` (N_list x d) or ``imbalanced`` (class_sizes_list x d) sweep."""
+    C = cfg["num_classes"]
+    if grid == "balanced":
+        groups = [(n // C,) * C for n in cfg["N_list"]]
+    elif grid == "imbalanced":
+        groups = [tuple(sizes) for sizes in cfg["class_sizes_list"]]
+    else:
+        raise ValueError(f"unknown grid {grid!r}; expected 'balanced' or 'imbalanced'")
+    repeats = tuple(range(cfg["repeat"]))
+    return [Cell(sizes, d, repeats) for sizes in groups for d in cfg["in_features_list"]]
+
+
+def cell_datasets(cfg: dict, cell: Cell) -> list[Dataset]:
+    """The draws of ``cell``, one per repeat."""
+    return [gaussian_data(cell.class_sizes, cell.in_features, cfg["class_means"], cfg["class_stds"],
+                          cfg["seed"], r) for r in cell.repeats]
+
+
+def _complete_row(row: dict, cfg: dict, cell: Cell, data_nc1: dict) -> dict:
+    """Add the grid columns, log10 NC1 and relative NC1; a non-finite NC1 never passes as ok."""
+    nc1 = float(row["nc1"])
+    status = row.get("status", "ok")
+    if status == "ok" and not (math.isfinite(nc1) and nc1 > 0):
+        status = "nan"
+    base = {"N": cell.N, "class_sizes": "-".join(map(str, cell.class_sizes)),
+            "in_features": cell.in_features, "seed": cfg["seed"], "data_nc1": data_nc1[row["repeat"]],
+            "nc1": nc1, "log10_nc1": metrics.log10(nc1),
+            "log10_rel_nc1": metrics.relative_nc1(nc1, data_nc1[row["repeat"]], cfg["tau"])}
+    return {**row, **base, "status": status}
+
+
+def evaluate_and_store(cfg: dict, cell: Cell, evaluate: Callable, cells_dir: Path) -> list[dict]:
+    """Draw the cell's data, run ``evaluate`` on it, complete the rows, write ``cells/<key>.json``."""
+    start = time.perf_counter()
+    datasets = cell_datasets(cfg, cell)
+    data_nc1 = {r: float(metrics.nc1_features(ds.X, ds.labels)) for r, ds in zip(cell.repeats, datasets)}
+    rows = [_complete_row(row, cfg, cell, data_nc1) for row in evaluate(cfg, cell, datasets)]
+    record = {"cell": cell.key, "seconds": time.perf_counter() - start, "rows": rows}
+    atomic_write_json(Path(cells_dir) / f"{cell.key}.json", record)
+    return rows
+
+
+def _load_cell(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, plot: Callable | None = None) -> list[dict]:
+    """Evaluate every cell of ``grid`` not already stored, then write results, summary and plots."""
+    cells_dir = run.path / "cells"
+    cells_dir.mkdir(exist_ok=True)
+    cells = grid_cells(cfg, grid)
+    done = {c.key for c in cells if cfg["use_cache"] and _load_cell(cells_dir / f"{c.key}.json")}
+    todo = [c for c in cells if c.key not in done]
+    run.log.info("sweep over %d cells (%d already stored, %d to run)", len(cells), len(done), len(todo))
+    for cell in tqdm(todo, desc=run.job, unit="cell", dynamic_ncols=True):
+        rows = evaluate_and_store(cfg, cell, evaluate, cells_dir)
+        _log_cell(run, cell, rows)
+    rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json")["rows"]]
+    write_table(run.path / "results.csv", rows)
+    summary = summarise(rows)
+    write_table(run.path / "summary.csv", summary, SUMMARY_COLUMNS)
+    if plot is not None:
+        plot(rows, summary, run.plots, grid=grid)
+    return rows
+
+
+def _log_cell(run: Run, cell: Cell, rows: list[dict]) -> None:
+    bad = [r for r in rows if r["status"] != "ok"]
+    run.log.info("cell %s: %d rows", cell.key, len(rows))
+    for r in bad:
+        run.log.warning("cell %s repeat %s method %s: status %s (nc1=%s)%s", cell.key, r["repeat"],
+                        r["method"], r["status"], r["nc1"], f" {r['message']}" if r.get("message") else "")
+
+
+def write_table(path: Path, rows: list[dict], columns=None) -> None:
+    """Write ``rows`` as CSV atomically; ``columns`` first, then any extra keys in first-seen order."""
+    columns = list(columns or RESULT_COLUMNS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_table(path: Path) -> list[dict]:
+    """Rows of a CSV written by :func:`write_table`, numbers parsed back."""
+    with open(path, newline="") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and (population) std of log10 NC1 and relative NC1 over the ok repeats of each
+    (method, class sizes, d), with counts of ok and failed repeats."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["N"], row["class_sizes"], row["in_features"]), []).append(row)
+    summary = []
+    for (method, N, sizes, d), group in groups.items():
+        ok = [r for r in group if r["status"] == "ok"]
+        nc1 = np.array([r["log10_nc1"] for r in ok], dtype=float)
+        rel = np.array([r["log10_rel_nc1"] for r in ok], dtype=float)
+        summary.append({
+            "method": method, "N": N, "class_sizes": sizes, "in_features": d, "count": len(group),
+            "n_ok": len(ok), "n_failed": len(group) - len(ok),
+            "mean_log10_nc1": nc1.mean() if ok else float("nan"), "std_log10_nc1": nc1.std() if ok else float("nan"),
+            "mean_log10_rel_nc1": rel.mean() if ok else float("nan"),
+            "std_log10_rel_nc1": rel.std() if ok else float("nan"),
+        })
+    return summary

@@ -55,6 +55,9 @@ def erf_maps(K, k_row=None, k_col=None):
     return Kphi, Kdphi
 
 
+_SNAP = 1.0 - 8 * torch.finfo(torch.float64).eps
+
+
 def relu_maps(K, k_row=None, k_col=None):
     """E[relu(u)relu(v)] and E[step(u)step(v)] for (u, v) ~ N(0, K) (arc-cosine kernels).
 
@@ -66,6 +69,8 @@ def relu_maps(K, k_row=None, k_col=None):
     k_row, k_col = _diagonals(K, k_row, k_col)
     norm = (k_row * k_col).clamp_min(0.0).sqrt()
     cos = torch.where(norm > 0, K / torch.where(norm > 0, norm, 1.0), 1.0).clamp_(-1.0, 1.0)
+    # Within a few ulps of +-1, round-off eps would become theta ~ sqrt(2 eps) ~ 1e-8: snap it.
+    cos = torch.where(cos.abs() > _SNAP, cos.sign(), cos)
     sin = (1.0 - cos * cos).clamp_min_(0.0).sqrt_()
     theta = torch.atan2(sin, cos)
     Kphi = (sin + (math.pi - theta) * cos).mul_(norm / (2.0 * math.pi))

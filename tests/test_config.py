@@ -1,0 +1,75 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shallow_collapse.cli import main
+from shallow_collapse.config import SCHEMA, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD = [  # (keys written to the config, override, words the one-line message must contain)
+    ({"repeet": 2}, None, ["unknown config key 'repeet'", "did you mean 'repeat'"]),
+    ({"repeat": "many"}, None, ["'repeat'", "expected an integer"]),
+    ({"lr": "fast"}, None, ["'lr'", "expected a number"]),
+    ({"use_batch_norm": "yes"}, None, ["'use_batch_norm'", "true or false"]),
+    ({"class_stds": [0.5, -1.0]}, None, ["'class_stds'", "non-negative"]),
+    ({"N": 10, "class_sizes": [4, 5]}, None, ["'class_sizes'", "sum to N=10"]),
+    ({"class_sizes_list": [[8, -8]]}, None, ["'class_sizes_list'", "positive class sizes"]),
+    ({"class_means": [-2, 0, 2]}, None, ["'class_means'", "num_classes=2"]),
+    ({"activation": "tanh"}, None, ["'activation'", "erf", "relu"]),
+    ({"training_data_cls": "MNIST"}, None, ["'training_data_cls'", "GaussiandD2NL"]),
+    ({"training_data_cls": "GaussiandD4NL"}, None, ["'num_classes'", "4"]),
+    ({"name": "../escape"}, None, ["'name'", "folder name"]),
+    ({}, "in_features_lst=[1]", ["unknown config key 'in_features_lst'", "in_features_list"]),
+    ({}, "repeat", ["override 'repeat'", "key=value"]),
+]
+
+
+@pytest.mark.parametrize("keys,override,words", BAD)
+def test_bad_config_stops_with_one_line_and_no_folder(write_config, out_root, capsys, keys, override, words):
+    path = write_config(**keys)
+    argv = [str(path), *([override] if override else []), "--out", str(out_root)]
+    assert main("limiting_kernels_bulk_balanced", argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("limiting_kernels_bulk_balanced.py: error:")
+    for word in words:
+        assert word in err
+    assert not out_root.exists()
+
+
+def test_missing_file_unparsable_yaml_and_unsafe_yaml(tmp_path, out_root, capsys):
+    bad_yaml = tmp_path / "bad.yml"
+    bad_yaml.write_text("repeat: [1, 2\n")
+    unsafe = tmp_path / "unsafe.yml"
+    unsafe.write_text("repeat: !!python/object/apply:os.system ['echo hacked']\n")
+    for path, word in [(tmp_path / "nope.yml", "not found"), (bad_yaml, "not valid YAML"), (unsafe, "not valid YAML")]:
+        assert main("limiting_kernels_bulk_balanced", [str(path), "--out", str(out_root)]) == 2
+        assert word in capsys.readouterr().err
+    assert not out_root.exists()
+
+
+def test_script_exits_2_without_traceback(write_config, tmp_path):
+    path = write_config(activation="tanh")
+    proc = subprocess.run([sys.executable, "limiting_kernels_bulk_balanced.py", str(path), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "'activation'" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_legacy_config_runs_unchanged(tmp_path):
+    # Earlier-layout configs: placeholders "na", YAML-1.1 floats like 1e-3 (read as strings),
+    # no seed and no sweep lists.
+    path = tmp_path / "legacy.yml"
+    path.write_text("name: legacy\ntraining_data_cls: GaussiandD2NL\nN: 128\nclass_means: [-2, 2]\n"
+                    "class_stds: [0.5, 0.5]\nclass_sizes: [64, 64]\nhidden_features: na\nlr: 1e-3\n"
+                    "activation: erf\nuse_cache: False\nL: 2\nin_features: 2\n")
+    cfg = load_config(path)
+    assert cfg["hidden_features"] == SCHEMA["hidden_features"].default and cfg["lr"] == 1e-3
+    assert cfg["seed"] == 0 and cfg["N_list"] == [128, 256, 512, 1024] and cfg["repeat"] == 10
+
+
+def test_overrides_are_yaml(write_config):
+    cfg = load_config(write_config(), ["repeat=3", "in_features_list=[1, 8]", "activation=relu"])
+    assert cfg["repeat"] == 3 and cfg["in_features_list"] == [1, 8] and cfg["activation"] == "relu"

@@ -27,7 +27,7 @@ def main(job_name: str, argv=None) -> int:
     """Validate the config, open the run folder, run the job; print the folder. Returns the exit
     status: 0 done, 2 bad config (nothing written), 130 interrupted (finished cells kept)."""
     parser = _parser(job_name)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, defaults={"name": job_name})
         resolve_device(cfg["device"])

@@ -26,7 +26,7 @@ from .kernels import ACTIVATIONS
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "EOS_STRATEGIES"]
 
-EOS_STRATEGIES = ("newton-krylov",)
+EOS_STRATEGIES = ("anderson", "newton-krylov")
 
 
 class ConfigError(ValueError):
@@ -87,7 +87,12 @@ SCHEMA: dict[str, Key] = {
     "sigw2": Key(1.0, "float", "ak", "prior variance of first-layer weights times d"),
     "siga2": Key(1.0, "float", "ak", "readout variance"),
     "sig2": Key(1e-3, "float", "ak", "GP noise variance"),
-    "eos_update_strategy": Key("newton-krylov", "|".join(EOS_STRATEGIES), "ak", "EoS solver strategy"),
+    "eos_update_strategy": Key("anderson", "|".join(EOS_STRATEGIES), "ak",
+                               "EoS solver strategy: anderson (fast default) or newton-krylov (scipy)"),
+    "f_tol": Key(5e-4, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| <= f_tol at every annealing step"),
+    "maxiter": Key(100, "int", "ak", "EoS iterations per annealing step (newton-krylov: Newton steps)"),
+    "inner_maxiter": Key(100, "int", "ak", "newton-krylov: Krylov iterations per Newton step"),
+    "max_subdivisions": Key(4, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up"),
     "annealing_factors": Key([1e6, 1e5, 1e4, 1e3, 500.0], "list[float]", "ak",
                              "chi values of the continuation, large to small, ending at h"),
     "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
@@ -213,6 +218,10 @@ def _check(cfg: dict) -> None:
         _check_sizes(sizes, "class_sizes_list", C)
     _require(all(a > 0 for a in cfg["annealing_factors"]), "annealing_factors", "positive numbers",
              cfg["annealing_factors"])
+    _require(cfg["f_tol"] > 0 and math.isfinite(cfg["f_tol"]), "f_tol", "a finite positive number", cfg["f_tol"])
+    for key in ("maxiter", "inner_maxiter"):
+        _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
+    _require(cfg["max_subdivisions"] >= 0, "max_subdivisions", "a non-negative integer", cfg["max_subdivisions"])
 
 
 def _check_sizes(sizes, key, C):
@@ -263,3 +272,17 @@ def load_config(path, overrides=(), defaults: dict | None = None) -> dict:
             raise _unknown_key(key)
         raw[key] = value
     return resolve(raw)
+
+
+def markdown_table() -> str:
+    """The README's table of config keys (``python -m shallow_collapse.config``)."""
+    lines = ["| key | default | type | meaning |", "|---|---|---|---|"]
+    for key, spec in SCHEMA.items():
+        default = "derived" if spec.nullable else f"`{spec.default}`"
+        kind = spec.type.replace("|", " or ")
+        lines.append(f"| `{key}` | {default} | {kind} | {spec.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

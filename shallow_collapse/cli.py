@@ -6,6 +6,7 @@ import sys
 
 from .config import ConfigError, load_config
 from .devices import resolve_device
+from .executors import check_execution
 from .jobs import JOBS
 from .runs import open_run
 
@@ -31,6 +32,7 @@ def main(job_name: str, argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, defaults={"name": job_name})
         resolve_device(cfg["device"])
+        check_execution(cfg)
     except (ConfigError, RuntimeError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -99,13 +99,16 @@ SCHEMA: dict[str, Key] = {
     # execution (never hashed: it does not change the numbers)
     "use_cache": Key(True, "bool", "run", "reuse finished cells of an earlier run of the same config (resume)"),
     "device": Key("auto", "auto|cpu|cuda", "run", "where tensors live: auto (cuda if available), cpu or cuda"),
+    "workers": Key("auto", "auto|int", "run", "sweep cells in parallel: auto (one process per core), 1 (in this process) or a count"),
+    "executor": Key("local", "local|dask", "run", "local worker processes, or a Dask cluster (needs scheduler_address)"),
+    "scheduler_address": Key(None, "str", "run", "Dask scheduler, e.g. tcp://127.0.0.1:8786; default $DASK_SCHEDULER_ADDRESS", True),
 }
 
 _NA = {"na", "n/a", "none", "null", ""}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                "list[int]": "a list of integers", "list[float]": "a list of numbers",
-               "list[list[int]]": "a list of lists of integers"}
+               "list[list[int]]": "a list of lists of integers", "auto|int": "auto or an integer"}
 
 
 def _expected(spec: str) -> str:
@@ -134,6 +137,8 @@ def _coerce(value: Any, spec: str):
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             return float(value)
         raise TypeError
+    if spec == "auto|int":
+        return value if value == "auto" else _coerce(value, "int")
     if spec.startswith("list["):
         if not isinstance(value, (list, tuple)):
             raise TypeError
@@ -197,6 +202,7 @@ def _check(cfg: dict) -> None:
     for key in ("N", "in_features", "repeat", "L", "hidden_features", "out_features", "num_epochs",
                 "probing_frequency", "h"):
         _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
+    _require(cfg["workers"] == "auto" or cfg["workers"] >= 1, "workers", "auto or a positive integer", cfg["workers"])
     _require(cfg["L"] >= 2, "L", "an integer >= 2 (at least one hidden layer)", cfg["L"])
     _require(cfg["out_features"] in (1, C), "out_features", f"1 or num_classes={C}", cfg["out_features"])
     if cfg["class_sizes"] is None:
@@ -275,14 +281,24 @@ def load_config(path, overrides=(), defaults: dict | None = None) -> dict:
 
 
 def markdown_table() -> str:
-    """The README's table of config keys (``python -m shallow_collapse.config``)."""
+    """The README's table of config keys (``python -m shallow_collapse.config [README.md]``)."""
     lines = ["| key | default | type | meaning |", "|---|---|---|---|"]
     for key, spec in SCHEMA.items():
-        default = "derived" if spec.nullable else f"`{spec.default}`"
+        default = "`null`" if spec.default is None else f"`{spec.default}`"
         kind = spec.type.replace("|", " or ")
         lines.append(f"| `{key}` | {default} | {kind} | {spec.help} |")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(markdown_table())
+def _update_readme(path: str) -> None:
+    text = Path(path).read_text()
+    start, end = "<!-- config-table -->\n", "<!-- /config-table -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    Path(path).write_text(head + start + markdown_table() + "\n" + end + tail)
+
+
+if __name__ == "__main__":  # print the table, or rewrite it in place: python -m shallow_collapse.config README.md
+    import sys
+
+    _update_readme(sys.argv[1]) if len(sys.argv) > 1 else print(markdown_table())

@@ -4,7 +4,8 @@ A *cell* is one (class sizes, d) point of the grid with all its repeats; its dat
 (seed, class sizes, d, repeat) alone (:mod:`shallow_collapse.data`), so any method sees the same
 draws in any order. A *method* is ``evaluate_cell(cfg, cell, datasets) -> rows`` (see
 CONTRIBUTING.md). Each finished cell is written atomically to ``cells/<key>.json``; a rerun skips
-cells already there (``use_cache``), so an interrupted sweep resumes and ends with the same table.
+cells already there (``use_cache``), so an interrupted sweep resumes and ends with the same table;
+cells run in process, in local worker processes or on Dask (:mod:`shallow_collapse.executors`).
 ``results.csv`` (one row per method, cell and repeat) and ``summary.csv`` (mean and std of log10
 NC1 per method, group and d) are rebuilt from the cell files.
 """
@@ -24,9 +25,10 @@ from tqdm import tqdm
 
 from . import metrics
 from .data import Dataset, gaussian_data
+from .executors import cell_executor, completed, limit_threads
 from .runs import Run, atomic_write_json, atomic_write_text
 
-__all__ = ["Cell", "grid_cells", "cell_datasets", "evaluate_and_store", "run_sweep", "read_table",
+__all__ = ["Cell", "grid_cells", "cell_datasets", "compute_cell", "run_sweep", "read_table",
            "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
 
 RESULT_COLUMNS = ["method", "N", "class_sizes", "in_features", "repeat", "seed", "nc1", "log10_nc1",
@@ -85,15 +87,24 @@ def _complete_row(row: dict, cfg: dict, cell: Cell, data_nc1: dict) -> dict:
     return {**row, **base, "status": status}
 
 
-def evaluate_and_store(cfg: dict, cell: Cell, evaluate: Callable, cells_dir: Path) -> list[dict]:
-    """Draw the cell's data, run ``evaluate`` on it, complete the rows, write ``cells/<key>.json``."""
+def compute_cell(cell: Cell, cfg: dict, evaluate: Callable, methods: tuple, threads: int | None = None) -> dict:
+    """Draw the cell's data and run ``evaluate`` on it; returns ``{cell, seconds, rows}``.
+
+    Runs wherever the executor puts it (this process, a local worker, a Dask worker) and touches
+    no file. An exception becomes one ``error`` row per method and repeat, with its message.
+    """
+    limit_threads(threads)
     start = time.perf_counter()
     datasets = cell_datasets(cfg, cell)
     data_nc1 = {r: float(metrics.nc1_features(ds.X, ds.labels)) for r, ds in zip(cell.repeats, datasets)}
-    rows = [_complete_row(row, cfg, cell, data_nc1) for row in evaluate(cfg, cell, datasets)]
-    record = {"cell": cell.key, "seconds": time.perf_counter() - start, "rows": rows}
-    atomic_write_json(Path(cells_dir) / f"{cell.key}.json", record)
-    return rows
+    try:
+        rows = list(evaluate(cfg, cell, datasets))
+    except Exception as exc:  # noqa: BLE001 -- a failing cell must not stop the sweep
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        rows = [{"method": m, "repeat": r, "nc1": float("nan"), "status": "error", "message": message}
+                for m in methods for r in cell.repeats]
+    rows = [_complete_row(row, cfg, cell, data_nc1) for row in rows]
+    return {"cell": cell.key, "seconds": time.perf_counter() - start, "rows": rows}
 
 
 def _load_cell(path: Path) -> dict | None:
@@ -103,17 +114,29 @@ def _load_cell(path: Path) -> dict | None:
         return None
 
 
-def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, plot: Callable | None = None) -> list[dict]:
-    """Evaluate every cell of ``grid`` not already stored, then write results, summary and plots."""
+def _stored(cells_dir: Path, cell: Cell) -> bool:
+    """A cell counts as done when its file is complete and none of its rows is an ``error``."""
+    record = _load_cell(cells_dir / f"{cell.key}.json")
+    return record is not None and all(row["status"] != "error" for row in record["rows"])
+
+
+def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple,
+              plot: Callable | None = None) -> list[dict]:
+    """Evaluate every cell of ``grid`` not already stored, then write results, summary and plots.
+
+    ``methods`` names the methods ``evaluate`` reports (for the rows of a cell that raised).
+    Cells run through :func:`executors.cell_executor` and are stored as each finishes.
+    """
     cells_dir = run.path / "cells"
     cells_dir.mkdir(exist_ok=True)
     cells = grid_cells(cfg, grid)
-    done = {c.key for c in cells if cfg["use_cache"] and _load_cell(cells_dir / f"{c.key}.json")}
-    todo = [c for c in cells if c.key not in done]
-    run.log.info("sweep over %d cells (%d already stored, %d to run)", len(cells), len(done), len(todo))
-    for cell in tqdm(todo, desc=run.job, unit="cell", dynamic_ncols=True):
-        rows = evaluate_and_store(cfg, cell, evaluate, cells_dir)
-        _log_cell(run, cell, rows)
+    todo = [c for c in cells if not (cfg["use_cache"] and _stored(cells_dir, c))]
+    run.log.info("sweep over %d cells (%d already stored, %d to run)", len(cells), len(cells) - len(todo), len(todo))
+    with cell_executor(cfg) as pool, tqdm(total=len(todo), desc=run.job, unit="cell", dynamic_ncols=True) as bar:
+        for record in completed(pool, compute_cell, todo, cfg, evaluate, methods):
+            atomic_write_json(cells_dir / f"{record['cell']}.json", record)
+            _log_cell(run, record)
+            bar.update()
     rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json")["rows"]]
     write_table(run.path / "results.csv", rows)
     summary = summarise(rows)
@@ -123,11 +146,13 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, plot: Callable
     return rows
 
 
-def _log_cell(run: Run, cell: Cell, rows: list[dict]) -> None:
-    bad = [r for r in rows if r["status"] != "ok"]
-    run.log.info("cell %s: %d rows", cell.key, len(rows))
-    for r in bad:
-        run.log.warning("cell %s repeat %s method %s: status %s (nc1=%s)%s", cell.key, r["repeat"],
+def _log_cell(run: Run, record: dict) -> None:
+    rows = record["rows"]
+    run.log.info("cell %s: %d rows in %.2f s", record["cell"], len(rows), record["seconds"])
+    for r in rows:
+        if r["status"] == "ok":
+            continue
+        run.log.warning("cell %s repeat %s method %s: status %s (nc1=%s)%s", record["cell"], r["repeat"],
                         r["method"], r["status"], r["nc1"], f" {r['message']}" if r.get("message") else "")
 
 

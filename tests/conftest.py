@@ -9,7 +9,7 @@ torch.set_num_threads(1)  # the suite runs beside other work on a 2-core machine
 
 TINY_SWEEP = {
     "name": "tiny", "seed": 3, "N_list": [16, 32], "class_sizes_list": [[8, 8], [4, 12]],
-    "in_features_list": [1, 4], "repeat": 2,
+    "in_features_list": [1, 4], "repeat": 2, "workers": 1,
 }
 
 

@@ -6,7 +6,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_readme_documents_every_config_key_with_its_default():
-    # regenerate with: python -m shallow_collapse.config, pasted between the config-table markers
+    # regenerate with: python -m shallow_collapse.config README.md
     assert markdown_table() in README
 
 

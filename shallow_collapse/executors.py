@@ -1,0 +1,120 @@
+"""Where sweep cells run: in this process, in local worker processes, or on a Dask cluster.
+
+All three look the same to the sweep engine: :func:`cell_executor` yields ``None`` (run in
+process) or a ``concurrent.futures.Executor`` (a process pool, or Dask's ``Client.get_executor()``),
+and :func:`completed` yields results as they finish. Workers run one torch/BLAS thread each, so
+``workers`` processes do not fight over ``workers`` cores. Execution choices never change the
+numbers: the table is assembled in grid order from per-cell files.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+from .config import ConfigError
+
+__all__ = ["resolve_workers", "scheduler_address", "check_execution", "cell_executor", "completed",
+           "limit_threads"]
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def resolve_workers(workers) -> int:
+    """``auto`` -> the number of cores this process may use; an integer as given."""
+    if workers == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return int(workers)
+
+
+def scheduler_address(cfg: dict) -> str | None:
+    """The Dask scheduler address: config key ``scheduler_address`` or ``DASK_SCHEDULER_ADDRESS``."""
+    return cfg["scheduler_address"] or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+def check_execution(cfg: dict) -> None:
+    """Fail before any work when the execution settings cannot work."""
+    if cfg["executor"] == "dask":
+        if not scheduler_address(cfg):
+            raise ConfigError("config key 'scheduler_address': expected a Dask scheduler address "
+                              "(e.g. tcp://127.0.0.1:8786) with executor: dask, or set DASK_SCHEDULER_ADDRESS")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError("config key 'executor': dask needs the 'distributed' package "
+                              "(pip install -r requirements.txt)") from None
+
+
+def limit_threads(threads: int | None) -> None:
+    """Run torch (and so its BLAS) on ``threads`` threads; ``None`` leaves the default."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    limit_threads(1)
+
+
+@contextmanager
+def _one_thread_environment():
+    saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+    os.environ.update({k: "1" for k in _THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def cell_executor(cfg: dict) -> Iterator[Executor | None]:
+    """``None`` for in-process work (``workers: 1``), else an executor for the cells."""
+    if cfg["executor"] == "dask":
+        from distributed import Client
+
+        with Client(scheduler_address(cfg), timeout="30s") as client:
+            yield client.get_executor()
+        return
+    workers = resolve_workers(cfg["workers"])
+    if workers <= 1:
+        yield None
+        return
+    with _one_thread_environment():  # spawned workers inherit it before torch loads its BLAS
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():  # in-flight cells are lost, by design
+            child.terminate()
+        raise
+    else:
+        pool.shutdown(wait=True)
+
+
+def completed(pool: Executor | None, fn: Callable, items: Iterable, *args) -> Iterator:
+    """``fn(item, *args)`` for every item, yielded as each finishes (in order when in-process).
+
+    Pool workers get one thread each (``threads=1``); in-process calls keep the default.
+    """
+    if pool is None:
+        for item in items:
+            yield fn(item, *args, threads=None)
+        return
+    futures = [pool.submit(fn, item, *args, threads=1) for item in items]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()

@@ -73,7 +73,7 @@ SCHEMA: dict[str, Key] = {
     "hidden_features": Key(500, "int", "fcn", "hidden width h of the trained network"),
     "out_features": Key(1, "int", "fcn", "outputs: 1 (scalar targets 2c-(C-1)) or C (one-hot targets)"),
     "use_batch_norm": Key(False, "bool", "fcn", "batch norm after each hidden linear layer"),
-    "batch_size": Key(None, "int", "fcn", "SGD batch size; default N (full batch)", True),
+    "batch_size": Key(None, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)", True),
     "num_epochs": Key(1000, "int", "fcn", "training epochs"),
     "lr": Key(1e-3, "float", "fcn", "SGD learning rate"),
     "momentum": Key(0.0, "float", "fcn", "SGD momentum"),
@@ -186,7 +186,7 @@ def _require(ok: bool, key: str, expected: str, got):
 
 
 def _check(cfg: dict) -> None:
-    """Cross-key checks; fills the derived defaults class_sizes and batch_size."""
+    """Cross-key checks; fills the derived default of class_sizes (N/C each)."""
     _require(bool(_NAME.match(cfg["name"])) and ".." not in cfg["name"], "name",
              "a folder name of letters, digits, '.', '_' and '-' (no path separators)", cfg["name"])
     C = cfg["num_classes"]
@@ -211,9 +211,8 @@ def _check(cfg: dict) -> None:
     _check_sizes(cfg["class_sizes"], "class_sizes", C)
     _require(sum(cfg["class_sizes"]) == cfg["N"], "class_sizes", f"sizes that sum to N={cfg['N']}",
              cfg["class_sizes"])
-    if cfg["batch_size"] is None:
-        cfg["batch_size"] = cfg["N"]
-    _require(cfg["batch_size"] >= 1, "batch_size", "a positive integer", cfg["batch_size"])
+    _require(cfg["batch_size"] is None or cfg["batch_size"] >= 1, "batch_size", "a positive integer or null",
+             cfg["batch_size"])
     for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors"):
         _require(len(cfg[key]) > 0, key, "a non-empty list", cfg[key])
     _require(all(n >= C and n % C == 0 for n in cfg["N_list"]), "N_list",

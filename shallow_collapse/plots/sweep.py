@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["plot_sweep", "group_label", "METHOD_LABELS"]
+__all__ = ["plot_sweep", "group_label", "draw_band", "d_axis", "save", "METHOD_LABELS", "PANELS"]
 
 METHOD_LABELS = {"nngp": "NNGP", "ntk": "NTK", "fcn": "FCN", "ak": "Adaptive kernel"}
 PANELS = (("mean_log10_nc1", "std_log10_nc1", r"$\log_{10}$ NC1"),
@@ -28,24 +28,35 @@ def _groups(summary, method):
     return [sorted(g, key=lambda r: r["in_features"]) for g in groups.values()]
 
 
-def _draw(ax, summary, method, grid, mean_key, std_key):
-    for group in _groups(summary, method):
-        d = np.array([r["in_features"] for r in group], dtype=float)
-        mean = np.array([r[mean_key] for r in group], dtype=float)
-        std = np.array([r[std_key] for r in group], dtype=float)
-        failed = sum(r["n_failed"] for r in group)
-        label = group_label(group[0], grid) + (f" ({failed} failed)" if failed else "")
-        (line,) = ax.plot(d, mean, marker="o", ms=3, label=label)
-        ax.fill_between(d, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-        bad = np.array([r["n_failed"] > 0 for r in group])
-        if bad.any():
-            ax.plot(d[bad], mean[bad], "x", color="k", ms=8, mew=2)
+def draw_band(ax, rows: list[dict], mean_key: str, std_key: str, label: str) -> None:
+    """One curve against d with a mean +- std band from summary ``rows`` (one per d); a black x
+    marks points with failed repeats, and the label counts them."""
+    rows = sorted(rows, key=lambda r: r["in_features"])
+    d = np.array([r["in_features"] for r in rows], dtype=float)
+    mean = np.array([r[mean_key] for r in rows], dtype=float)
+    std = np.array([r[std_key] for r in rows], dtype=float)
+    failed = sum(r["n_failed"] for r in rows)
+    (line,) = ax.plot(d, mean, marker="o", ms=3, label=label + (f" ({failed} failed)" if failed else ""))
+    ax.fill_between(d, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    bad = np.array([r["n_failed"] > 0 for r in rows])
+    if bad.any():
+        ax.plot(d[bad], mean[bad], "x", color="k", ms=8, mew=2)
+
+
+def d_axis(ax, ds) -> None:
+    """Log2 axis of input dimensions with a tick at each d of the grid."""
     ax.set_xscale("log", base=2)
-    ticks = sorted({r["in_features"] for r in summary})
+    ticks = sorted(set(ds))
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("input dimension d")
     ax.grid(alpha=0.3)
+
+
+def _draw(ax, summary, method, grid, mean_key, std_key):
+    for group in _groups(summary, method):
+        draw_band(ax, group, mean_key, std_key, group_label(group[0], grid))
+    d_axis(ax, [r["in_features"] for r in summary])
 
 
 def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str) -> list[Path]:
@@ -64,7 +75,7 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
             ax.set_ylabel(ylabel)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{METHOD_LABELS.get(method, method)}: NC1 against input dimension ({grid} classes)")
-        written.append(_save(fig, plots_dir / f"{method}_nc1.png"))
+        written.append(save(fig, plots_dir / f"{method}_nc1.png"))
     fig, axes = plt.subplots(2, len(methods), figsize=(4.5 * len(methods), 7.5), sharey="row",
                              squeeze=False, constrained_layout=True)
     for col, method in enumerate(methods):
@@ -76,11 +87,11 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
                 ax.set_ylabel(ylabel)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(" vs ".join(METHOD_LABELS.get(m, m) for m in methods) + f" ({grid} classes)")
-    written.append(_save(fig, plots_dir / "methods_side_by_side.png"))
+    written.append(save(fig, plots_dir / "methods_side_by_side.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,156 @@
+"""Merge sweeps run on the same grid and seed, and pair the methods draw by draw.
+
+Because a draw depends only on (seed, class sizes, d, repeat), the FCN, NNGP, NTK and AK rows of
+sweeps with the same seed, data keys and grid are evaluated on identical data. :func:`merge`
+checks that, and refuses tables that do not match; :func:`paired_differences` then gives, per
+draw, the difference of log10 NC1 between two methods (e.g. AK - NNGP), and
+:func:`paired_summary` its mean and standard error per (pair, group, d).
+
+Command line (``compare.py``): ``python compare.py RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .plots.compare import plot_comparison
+from .runs import atomic_write_json
+from .sweeps import SUMMARY_COLUMNS, read_table, summarise, write_table
+
+__all__ = ["CompareError", "load_sweep", "merge", "paired_differences", "paired_summary", "grid_kind", "main"]
+
+DATA_KEYS = ("seed", "training_data_cls", "num_classes", "class_means", "class_stds", "tau")
+PAIR_COLUMNS = ["pair", "N", "class_sizes", "in_features", "repeat", "diff_log10_nc1", "diff_log10_rel_nc1"]
+PAIR_SUMMARY_COLUMNS = ["pair", "N", "class_sizes", "in_features", "n", "mean_diff_log10_nc1",
+                        "stderr_diff_log10_nc1", "mean_diff_log10_rel_nc1", "stderr_diff_log10_rel_nc1"]
+
+
+class CompareError(ValueError):
+    """Tables that cannot be compared (different grid, seed or data); one line."""
+
+
+def load_sweep(folder) -> tuple[dict, list[dict]]:
+    """The resolved config and the result rows of a sweep's run folder."""
+    folder = Path(folder)
+    if not (folder / "results.csv").is_file() or not (folder / "config.yaml").is_file():
+        raise CompareError(f"{folder}: not a finished sweep folder (needs config.yaml and results.csv)")
+    return yaml.safe_load((folder / "config.yaml").read_text()), read_table(folder / "results.csv")
+
+
+def _grid(rows) -> set:
+    return {(r["class_sizes"], r["in_features"], r["repeat"]) for r in rows}
+
+
+def merge(folders) -> tuple[list[dict], dict]:
+    """Rows of all ``folders``, one per (method, cell, repeat); refuses mismatched grids or seeds.
+
+    A method present in several tables (the NNGP is in the kernel, FCN and AK sweeps) is taken
+    from the first; the largest relative disagreement among the copies is returned in the report.
+    """
+    if len(folders) < 1:
+        raise CompareError("give at least one sweep folder")
+    (cfg0, rows0), *others = [load_sweep(f) for f in folders]
+    report = {"inputs": [str(f) for f in folders], "duplicate_max_rel_diff": {}}
+    merged = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows0}
+    for folder, (cfg, rows) in zip(folders[1:], others):
+        for key in DATA_KEYS:
+            if cfg.get(key) != cfg0.get(key):
+                raise CompareError(f"{folder}: {key} is {cfg.get(key)!r}, but {folders[0]} has {cfg0.get(key)!r}")
+        if _grid(rows) != _grid(rows0):
+            raise CompareError(f"{folder}: its grid (class sizes x d x repeats) differs from {folders[0]}'s")
+        for r in rows:
+            key = (r["method"], r["class_sizes"], r["in_features"], r["repeat"])
+            if key in merged:
+                a, b = merged[key]["nc1"], r["nc1"]
+                diff = abs(a - b) / abs(a) if a else float("inf")
+                if math.isfinite(diff):
+                    worst = report["duplicate_max_rel_diff"].get(r["method"], 0.0)
+                    report["duplicate_max_rel_diff"][r["method"]] = max(worst, diff)
+            else:
+                merged[key] = r
+    return list(merged.values()), report
+
+
+def _pairs(methods) -> list[tuple[str, str]]:
+    pairs = [(m, "nngp") for m in methods if m != "nngp" and "nngp" in methods]
+    if "ak" in methods and "fcn" in methods:
+        pairs.append(("ak", "fcn"))
+    return pairs
+
+
+def paired_differences(rows) -> list[dict]:
+    """Per draw: log10 NC1 (and relative NC1) of method a minus method b, for the pairs
+    (every method - nngp, and ak - fcn); only draws where both statuses are ok."""
+    index = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for a, b in _pairs(methods):
+        for (m, sizes, d, rep), ra in index.items():
+            rb = index.get((b, sizes, d, rep))
+            if m != a or rb is None or ra["status"] != "ok" or rb["status"] != "ok":
+                continue
+            out.append({"pair": f"{a}-{b}", "N": ra["N"], "class_sizes": sizes, "in_features": d, "repeat": rep,
+                        "diff_log10_nc1": ra["log10_nc1"] - rb["log10_nc1"],
+                        "diff_log10_rel_nc1": ra["log10_rel_nc1"] - rb["log10_rel_nc1"]})
+    return out
+
+
+def paired_summary(diffs) -> list[dict]:
+    """Mean and standard error (std with ddof=1 over sqrt(n); NaN for n=1) per (pair, group, d)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in diffs:
+        groups.setdefault((r["pair"], r["N"], r["class_sizes"], r["in_features"]), []).append(r)
+    out = []
+    for (pair, N, sizes, d), group in groups.items():
+        row = {"pair": pair, "N": N, "class_sizes": sizes, "in_features": d, "n": len(group)}
+        for col in ("diff_log10_nc1", "diff_log10_rel_nc1"):
+            x = np.array([r[col] for r in group], dtype=float)
+            row[f"mean_{col}"] = x.mean()
+            row[f"stderr_{col}"] = x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+        out.append(row)
+    return out
+
+
+def grid_kind(rows) -> str:
+    """``imbalanced`` when several class-size tuples share one N, else ``balanced``."""
+    sizes = {r["class_sizes"] for r in rows}
+    return "imbalanced" if len({r["N"] for r in rows}) == 1 and len(sizes) > 1 else "balanced"
+
+
+def compare(folders, out_root="out") -> Path:
+    """Merge ``folders``, write tables and figures to ``out_root/compare/<hash>/``; returns it."""
+    rows, report = merge(folders)
+    digest = hashlib.sha256("\n".join(sorted(str(Path(f).resolve()) for f in folders)).encode()).hexdigest()[:10]
+    path = Path(out_root) / "compare" / digest
+    (path / "plots").mkdir(parents=True, exist_ok=True)
+    diffs = paired_differences(rows)
+    summary = summarise(rows)
+    write_table(path / "results.csv", rows)
+    write_table(path / "summary.csv", summary, SUMMARY_COLUMNS)
+    write_table(path / "paired_differences.csv", diffs, PAIR_COLUMNS)
+    write_table(path / "paired_summary.csv", paired_summary(diffs), PAIR_SUMMARY_COLUMNS)
+    atomic_write_json(path / "compare.json", report)
+    plot_comparison(summary, path / "plots", grid_kind(rows))
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="compare.py", description="Compare sweeps run on the same grid and seed: FCN vs NNGP vs NTK vs AK "
+        "on identical draws, with paired differences.")
+    parser.add_argument("folders", nargs="+", metavar="RUN_DIR", help="sweep run folders (out/<name>/<hash>)")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output root (default: out/)")
+    args = parser.parse_args(argv)
+    try:
+        path = compare(args.folders, args.out)
+    except CompareError as exc:
+        print(f"compare.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .devices import torch_threads
 from .metrics import one_hot, traces_from_block_sums
 
 __all__ = [
@@ -170,6 +171,16 @@ def limiting_kernels_nc1(X, labels, L=2, activation="erf", hidden_weight_std=1.0
     count = 2 * L
     S = X.new_zeros(Xf.shape[0], count, Y.shape[1], Y.shape[1])
     trace = X.new_zeros(Xf.shape[0], count)
+    with torch_threads(1):  # small blocks: threads cost more than they give (see torch_threads)
+        _accumulate_blocks(Xf, Y, k1, rows, S, trace, L, activation, hidden_weight_std, final_weight_std, bias_std)
+    tr_w, tr_b = traces_from_block_sums(S, trace, n)
+    nc1 = (tr_w / tr_b).reshape(*lead, count)
+    return {name: nc1[..., k] for k, name in enumerate(kernel_names(L))}
+
+
+def _accumulate_blocks(Xf, Y, k1, rows, S, trace, L, activation, hidden_weight_std, final_weight_std, bias_std):
+    """Add each row block's class block sums and trace into ``S`` and ``trace`` (in place)."""
+    N = Xf.shape[-2]
     for item, x in enumerate(Xf):
         for a in range(0, N, rows):
             b = min(N, a + rows)
@@ -181,9 +192,6 @@ def limiting_kernels_nc1(X, labels, L=2, activation="erf", hidden_weight_std=1.0
                 off = Yr.T @ M[:, b - a:] @ Yc
                 S[item, k] += Yr.T @ M[:, : b - a] @ Yr + off + off.T
                 trace[item, k] += torch.diagonal(M[:, : b - a]).sum()
-    tr_w, tr_b = traces_from_block_sums(S, trace, n)
-    nc1 = (tr_w / tr_b).reshape(*lead, count)
-    return {name: nc1[..., k] for k, name in enumerate(kernel_names(L))}
 
 
 def input_kernel_rows(X_rows, X_cols, weight_std=1.0, bias_std=0.0):

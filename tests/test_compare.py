@@ -1,0 +1,69 @@
+"""compare.py on tiny sweeps of all four methods."""
+import pytest
+
+from shallow_collapse.cli import main
+from shallow_collapse.compare import main as compare_main
+from shallow_collapse.compare import merge, paired_differences
+from shallow_collapse.sweeps import read_table
+
+TINY = {"limiting_kernels_bulk_balanced": [],
+        "fcn_bulk_balanced": ["hidden_features=16", "num_epochs=20", "lr=0.01"],
+        "adaptive_kernels_bulk_balanced": []}
+
+
+@pytest.fixture
+def sweeps(write_config, tmp_path):
+    """Run folders of the three balanced sweeps (FCN, NNGP, NTK, AK) on the tiny grid, seed 3."""
+    folders = []
+    for job, overrides in TINY.items():
+        out = tmp_path / job
+        assert main(job, [str(write_config()), *overrides, "--out", str(out)]) == 0
+        (folder,) = (out / "tiny").iterdir()
+        folders.append(folder)
+    return folders
+
+
+@pytest.mark.slow
+def test_compare_writes_figures_and_paired_differences(sweeps, tmp_path, capsys):
+    assert compare_main([*map(str, sweeps), "--out", str(tmp_path / "cmp")]) == 0
+    path = tmp_path / "cmp" / "compare" / capsys.readouterr().out.strip().split("/")[-1]
+    for name in ("compare_nc1.png", "compare_rel_nc1.png"):
+        assert (path / "plots" / name).stat().st_size > 10_000
+    rows = read_table(path / "results.csv")
+    assert {r["method"] for r in rows} == {"fcn", "nngp", "ntk", "ak"}
+    assert len(rows) == 4 * 2 * 2 * 2  # methods x N x d x repeats, each draw once
+    diffs = read_table(path / "paired_differences.csv")
+    assert {d["pair"] for d in diffs} == {"fcn-nngp", "ntk-nngp", "ak-nngp", "ak-fcn"}
+    # a paired difference is the difference of the two methods' rows on the same draw
+    index = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows}
+    for d in diffs:
+        a, b = d["pair"].split("-")
+        key = (d["class_sizes"], d["in_features"], d["repeat"])
+        assert d["diff_log10_nc1"] == pytest.approx(index[(a, *key)]["log10_nc1"] - index[(b, *key)]["log10_nc1"])
+    summary = read_table(path / "paired_summary.csv")
+    assert all(s["n"] == 2 and s["stderr_diff_log10_nc1"] >= 0 for s in summary)
+    # the NNGP of the kernel sweep and of the FCN sweep are the same numbers on the same draws
+    _, report = merge(sweeps[:2])
+    assert report["duplicate_max_rel_diff"]["nngp"] < 1e-12
+
+
+def test_compare_refuses_mismatched_grids_or_seeds(write_config, tmp_path, capsys):
+    folders = []
+    for name, overrides in [("a", []), ("b", ["seed=4"]), ("c", ["repeat=3"])]:
+        out = tmp_path / name
+        main("limiting_kernels_bulk_balanced", [str(write_config()), *overrides, "--out", str(out)])
+        folders.append(str(next((out / "tiny").iterdir())))
+    for other, word in [(folders[1], "seed"), (folders[2], "grid")]:
+        capsys.readouterr()
+        assert compare_main([folders[0], other, "--out", str(tmp_path / "cmp")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("compare.py: error:") and word in err and len(err.strip().splitlines()) == 1
+    assert compare_main([str(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
+
+
+def test_paired_differences_skip_failed_draws():
+    rows = [{"method": m, "N": 4, "class_sizes": "2-2", "in_features": 1, "repeat": 0, "log10_nc1": v,
+             "log10_rel_nc1": v, "status": s} for m, v, s in [("nngp", -1.0, "ok"), ("ak", -2.0, "ok"),
+                                                             ("fcn", float("nan"), "diverged")]]
+    diffs = paired_differences(rows)
+    assert [(d["pair"], d["diff_log10_nc1"]) for d in diffs] == [("ak-nngp", -1.0)]

@@ -88,13 +88,14 @@ def test_ensemble_matches_plain_linear_networks_trained_one_at_a_time():
 
 @pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("batch_size,bn", [(None, False), (5, False), (7, True)])
-def test_ensemble_equals_each_network_trained_alone(dtype, tol, batch_size, bn):
+@pytest.mark.parametrize("layers,activation", [(3, "relu"), (2, "erf")])
+def test_ensemble_equals_each_network_trained_alone(dtype, tol, batch_size, bn, layers, activation):
     seeds = [3, 1, 4]
     draws = [_data((9, 7), 4, repeat=r) for r in range(3)]
     X = torch.stack([ds.X for ds in draws])
     T = torch.stack([ds.y for ds in draws]).unsqueeze(-1)
     kw = dict(lr=0.02, momentum=0.9, weight_decay=1e-3, num_epochs=6, batch_size=batch_size)
-    net = dict(in_features=4, hidden_features=10, out_features=1, num_layers=3, activation="relu",
+    net = dict(in_features=4, hidden_features=10, out_features=1, num_layers=layers, activation=activation,
                bias_std=0.1, use_batch_norm=bn, dtype=dtype)
     ens = FCNEnsemble(seeds, **net)
     rec = train(ens, X, T, draws[0].labels, probing_frequency=2, **kw)
@@ -103,7 +104,8 @@ def test_ensemble_equals_each_network_trained_alone(dtype, tol, batch_size, bn):
         rec1 = train(alone, X[r], T[r], draws[0].labels, probing_frequency=2, **kw)
         for p, q in zip(ens.parameters(), alone.parameters()):
             torch.testing.assert_close(p[r].detach(), q[0].detach(), rtol=tol, atol=tol)
-        np.testing.assert_allclose(rec["nc1"]["post2"][:, r], rec1["nc1"]["post2"][:, 0], rtol=100 * tol)
+        last = f"post{layers - 1}"
+        np.testing.assert_allclose(rec["nc1"][last][:, r], rec1["nc1"][last][:, 0], rtol=100 * tol)
     assert rec["epochs"] == [0, 2, 4, 6] and rec["status"] == ["ok"] * 3
 
 
@@ -225,3 +227,64 @@ def test_fast_pinv_nc1_equals_the_metric_function(sizes, p):
     H = torch.randn(3, len(labels), p, dtype=F64) + 2.0 * torch.randn(len(sizes), p, dtype=F64)[labels]
     torch.testing.assert_close(nc1_pinv_from_means(H, labels), metrics.nc1_features_pinv(H, labels),
                                rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+@pytest.mark.parametrize("out_features,batch_size", [(1, None), (1, 6), (3, None)])
+def test_two_layer_fast_gradients_equal_autograd(activation, out_features, batch_size):
+    from shallow_collapse.training import TwoLayerGradients
+
+    ds = gaussian_data((5, 6, 5), 4, (-1.0, 0.0, 1.0), (0.8, 0.8, 0.8), 2)
+    T = make_targets(ds.labels, 3, out_features)
+    kw = dict(lr=0.01, momentum=0.9, weight_decay=1e-2, num_epochs=8, batch_size=batch_size, probing_frequency=4)
+    recs, models = [], []
+    for fast in (True, False):
+        m = FCNEnsemble([7, 8], 4, 12, out_features, 2, activation, 1.0, 1.97, 0.3, dtype=F64)
+        recs.append(train(m, ds.X, T, ds.labels, fast_path=fast, **kw))
+        models.append(m)
+    assert TwoLayerGradients.applies(models[0])
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(recs[0]["train_loss"], recs[1]["train_loss"], rtol=1e-10)
+    assert recs[0]["status"] == ["ok", "ok"] and np.all(recs[0]["train_loss"][-1] < recs[0]["train_loss"][0])
+
+
+@pytest.mark.parametrize("activation,out_features", [("erf", 1), ("relu", 1), ("erf", 3)])
+@pytest.mark.parametrize("rows,workers", [(1, 1), (5, 2), (7, 3), (1000, 2)])
+def test_chunked_threaded_gradients_equal_autograd(activation, out_features, rows, workers):
+    """Chunks of ``rows`` samples split over ``workers`` threads give autograd's gradients."""
+    from shallow_collapse.training import TwoLayerGradients
+
+    torch.manual_seed(rows + workers)
+    R, B, h = 3, 23, 10
+    m = FCNEnsemble([1, 2, 3], 4, h, out_features, 2, activation, 1.0, 1.97, 0.3, dtype=F64)
+    xb, tb = torch.randn(R, B, 4, dtype=F64), torch.randn(R, B, out_features, dtype=F64)
+    fast = TwoLayerGradients(m, chunk_elements=rows * R * h, workers=workers)
+    alive = torch.tensor([True, False, True])
+    losses = fast(xb, tb, alive)
+    fast.close()
+    got = [p.grad.clone() for p in m.parameters()]
+    for p in m.parameters():
+        p.grad = None
+    ref_losses = (m(xb) - tb).pow(2).mean((-2, -1))
+    torch.where(torch.tensor([True, False, True]), ref_losses, 0.0).sum().backward()
+    torch.testing.assert_close(losses, ref_losses.detach(), rtol=1e-12, atol=1e-14)
+    for g, p in zip(got, m.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-11, atol=1e-13)
+    assert all(torch.count_nonzero(g[1]) == 0 for g in got)  # network 1 (not alive) gets no gradient
+
+
+def test_threaded_training_restores_the_thread_count():
+    ds = _data((20, 20), 3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(2):
+            m = FCNEnsemble([4, 5], 3, 16)
+            train(m, ds.X, ds.y, ds.labels, lr=0.01, momentum=0.9, num_epochs=5)
+            assert torch.get_num_threads() == 2
+            runs.append(m.weights[0].detach().clone())
+        assert torch.equal(runs[0], runs[1])  # deterministic despite the threads
+    finally:
+        torch.set_num_threads(before)

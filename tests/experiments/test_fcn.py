@@ -111,3 +111,21 @@ def test_ensemble_state_shapes_match_the_config():
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == {
         "weights.0": (2, 8, 3), "weights.1": (2, 8, 8), "weights.2": (2, 2, 8),
         "biases.0": (2, 8), "biases.1": (2, 8), "biases.2": (2, 2)}
+
+
+@pytest.mark.slow
+def test_entry_script_runs_from_the_command_line(write_config, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    path = write_config(name="cli", N=16, in_features=2, hidden_features=8, num_epochs=5, probing_frequency=5)
+    out = subprocess.run([sys.executable, str(root / "fcn.py"), str(path), "lr=0.01", "--out", str(tmp_path / "o")],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert (folder / "results.json").is_file() and (folder / "plots" / "nc1.png").is_file()
+    bad = subprocess.run([sys.executable, str(root / "fcn_bulk_balanced.py"), str(path), "lr=-1"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "lr" in bad.stderr

@@ -1,0 +1,497 @@
+"""SGD/MSE training of an :class:`~shallow_collapse.model.FCNEnsemble` with probes (MATH.md
+sections 2 and 3).
+
+Training runs in the ensemble's dtype (float32 by default, for speed); every probe re-evaluates
+the network with a float64 copy of its parameters and computes all metrics in float64.
+
+Loss: network r's loss is the mean over samples and outputs of (f - y)^2 (``torch.nn.MSELoss``
+with ``reduction="mean"``); the optimised objective is the *sum* over networks of these means, so
+each network receives exactly the gradient it would receive alone. ``torch.optim.SGD`` (lr,
+momentum, weight_decay) updates elementwise, so stacking the parameters changes nothing either.
+With ``batch_size < N`` every network shuffles its samples each epoch with its own generator
+(seeded from its init seed), so its batches do not depend on the other networks.
+
+Divergence: a network whose loss (on a batch, or at a probe) is NaN or infinite is marked
+``diverged`` with the epoch it happened in; from then on it is excluded from the objective and
+its probes are NaN, while the other networks keep training. When every network has diverged the
+loop stops early. Nothing raises for a numerical failure.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+from . import kernels as kernels_mod
+from . import metrics
+from .data import one_hot_targets, scalar_targets
+from .model import FCNEnsemble, seed_int
+
+__all__ = ["make_targets", "predicted_classes", "probe", "probe_limiting_kernels", "train",
+           "probe_epochs", "weight_spectra", "nc1_pinv_from_means"]
+
+
+def make_targets(labels: torch.Tensor, num_classes: int, out_features: int) -> torch.Tensor:
+    """``(N, out_features)`` float64 targets: scalar 2c-(C-1) for one output (MATH section 1),
+    one-hot for ``out_features == num_classes``."""
+    if out_features == 1:
+        return scalar_targets(labels, num_classes).unsqueeze(-1)
+    if out_features == num_classes:
+        return one_hot_targets(labels, num_classes)
+    raise ValueError(f"out_features must be 1 or num_classes={num_classes}, got {out_features}")
+
+
+def predicted_classes(f: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class predicted from outputs ``f`` ``(..., N, out)``: argmax for C outputs; for one output
+    the class whose target 2c-(C-1) is nearest (the sign of f for C=2)."""
+    if f.shape[-1] == 1:
+        c = torch.round((f[..., 0] + (num_classes - 1)) / 2.0)
+        return c.clamp(0, num_classes - 1).nan_to_num(0).long()
+    return f.argmax(-1)
+
+
+def probe_epochs(num_epochs: int, probing_frequency: int | None) -> list[int]:
+    """Epochs at which probes run: 0 (init), every ``probing_frequency`` and ``num_epochs``."""
+    if not probing_frequency:
+        return sorted({0, num_epochs})
+    return sorted({0, num_epochs, *range(probing_frequency, num_epochs + 1, probing_frequency)})
+
+
+def _nan(shape) -> np.ndarray:
+    return np.full(shape, np.nan)
+
+
+def _safe_metric(fn, H, labels, ok):
+    """``fn(H[r], labels)`` for the networks in ``ok`` (batched, per network on failure); NaN
+    elsewhere. A linear-algebra failure (e.g. eigh on inf entries) gives NaN, never an error."""
+    out = _nan(H.shape[0])
+    idx = torch.nonzero(torch.as_tensor(ok)).flatten()
+    if len(idx) == 0:
+        return out
+    try:
+        out[idx.numpy()] = fn(H[idx.to(H.device)], labels).cpu().numpy()
+    except RuntimeError:
+        for r in idx.tolist():
+            try:
+                out[r] = float(fn(H[r], labels))
+            except RuntimeError:
+                out[r] = np.nan
+    return out
+
+
+def nc1_pinv_from_means(H: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Tr(Sigma_W Sigma_B^+) / C of features ``H`` ``(..., N, p)``, equal to
+    :func:`metrics.nc1_features_pinv` but in O(N p C) instead of O(p^3).
+
+    With M the ``(C, p)`` centred class means, Sigma_B = M^T M / C, so Sigma_B^+ = C M^+ M^+^T
+    with M^+ = M^T G^+, G = M M^T (C x C). Hence Tr(Sigma_W Sigma_B^+)/C = ||W M^T G^+||_F^2 / N,
+    W the within-class deviations. G has the non-zero eigenvalues of C Sigma_B, and G^+ drops the
+    eigenvalues below p * eps * max|eigenvalue|: the default cutoff of ``torch.linalg.pinv``
+    (hermitian) on the p x p Sigma_B that the metric function inverts.
+    """
+    Y = metrics.one_hot(labels.to(H.device), H.dtype)
+    means = (Y.T @ H) / Y.sum(0).unsqueeze(-1)  # (..., C, p)
+    within = H - Y @ means
+    M = means - H.mean(-2, keepdim=True)
+    evals, evecs = torch.linalg.eigh(M @ M.transpose(-1, -2))
+    tol = H.shape[-1] * torch.finfo(H.dtype).eps * evals.abs().amax(-1, keepdim=True)
+    inv = torch.where(evals.abs() > tol, 1.0 / evals, torch.zeros_like(evals))
+    G_pinv = (evecs * inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
+    B = (within @ M.transpose(-1, -2)) @ G_pinv  # (..., N, C)
+    return B.pow(2).sum((-1, -2)) / H.shape[-2]
+
+
+def weight_spectra(model: FCNEnsemble) -> dict[str, np.ndarray]:
+    """Eigenvalues of W_l^T W_l (descending), ``{"W{l}": (R, min(out_l, in_l))}``, in float64.
+
+    They are the squared singular values of W_l; the other in_l - min(out_l, in_l) eigenvalues of
+    the in_l x in_l matrix W_l^T W_l are exactly zero and are not stored.
+    """
+    out = {}
+    for l, W in enumerate(model.weights, start=1):
+        W64 = W.detach().to(torch.float64)
+        finite = torch.isfinite(W64).all(-1).all(-1)
+        vals = torch.full((W64.shape[0], min(W64.shape[-2:])), float("nan"), dtype=torch.float64)
+        if finite.any():
+            try:
+                vals[finite.cpu()] = (torch.linalg.svdvals(W64[finite]) ** 2).cpu()
+            except RuntimeError:
+                pass
+        out[f"W{l}"] = vals.numpy()
+    return out
+
+
+def gram_matrices(model: FCNEnsemble) -> dict[str, np.ndarray]:
+    """W_l^T W_l in float64, ``{"W{l}": (R, in_l, in_l)}``."""
+    out = {}
+    for l, W in enumerate(model.weights, start=1):
+        W64 = W.detach().to(torch.float64)
+        out[f"W{l}"] = (W64.transpose(-1, -2) @ W64).cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def probe(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+          num_classes: int, ok=None, features: bool = True, weights: bool = True) -> dict:
+    """One probe of every network, in float64.
+
+    Returns ``loss`` and ``accuracy`` ``(R,)``; with ``features`` also ``nc1`` and ``nc1_pinv``:
+    ``{name: (R,)}`` for every feature map of :meth:`FCNEnsemble.forward` (metrics.nc1_features
+    and :func:`nc1_pinv_from_means`, equal to metrics.nc1_features_pinv); with ``weights`` also
+    ``spectra`` (see :func:`weight_spectra`).
+    Networks with ``ok[r]`` False (diverged) get NaN everywhere; a network whose float64 loss is
+    not finite is reported with ``finite[r]`` False.
+    """
+    R = model.num_networks
+    ok = np.ones(R, bool) if ok is None else np.asarray(ok, bool).copy()
+    f, feats = model(X, features=True, dtype=torch.float64)
+    T = targets.to(device=f.device, dtype=torch.float64)
+    loss = ((f - T) ** 2).mean((-2, -1)).cpu().numpy()
+    finite = np.isfinite(loss)
+    ok &= finite
+    pred = predicted_classes(f, num_classes).cpu()
+    acc = (pred == labels.cpu()).double().mean(-1).numpy()
+    out = {"loss": np.where(ok, loss, np.where(finite, np.nan, loss)),
+           "accuracy": np.where(ok, acc, np.nan), "finite": finite, "output": f.cpu().numpy()}
+    if features:
+        lab = labels.to(f.device)
+        out["nc1"] = {name: _safe_metric(metrics.nc1_features, H, lab, ok) for name, H in feats.items()}
+        out["nc1_pinv"] = {name: _safe_metric(nc1_pinv_from_means, H, lab, ok) for name, H in feats.items()}
+    if weights:
+        spectra = weight_spectra(model)
+        out["spectra"] = {k: np.where(ok[:, None], v, np.nan) for k, v in spectra.items()}
+    return out
+
+
+@torch.no_grad()
+def probe_limiting_kernels(X: torch.Tensor, labels: torch.Tensor, L: int, activation: str,
+                           hidden_weight_std: float, final_weight_std: float, bias_std: float) -> dict:
+    """Limiting kernels of data ``X`` ``(N, d)`` (kernels.limiting_kernels, float64) with their NC1.
+
+    Returns ``{name: {"kernel": (N, N), "eigenvalues": (N,) descending, "nc1": float}}`` for the
+    names of :func:`kernels.kernel_names` (``pre{l}``, ``post{l}``, ``ntk``).
+    """
+    lk = kernels_mod.limiting_kernels(X.to(torch.float64), L, activation, hidden_weight_std,
+                                      final_weight_std, bias_std)
+    out = {}
+    for name, K in zip(kernels_mod.kernel_names(L), [*lk.pre, *lk.post, lk.ntk]):
+        eig = torch.linalg.eigvalsh(K).flip(-1)
+        out[name] = {"kernel": K.cpu().numpy(), "eigenvalues": eig.cpu().numpy(),
+                     "nc1": float(metrics.nc1_kernel(K, labels.to(K.device)))}
+    return out
+
+
+_ERF_SLOPE = 2.0 / math.sqrt(math.pi)
+
+
+def _worker_init():
+    """Per-thread settings of a gradient worker: single-threaded torch ops (OpenMP's thread count
+    is a per-thread setting) and subnormals flushed to zero (a per-thread CPU flag)."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+
+
+class TwoLayerGradients:
+    """Loss and hand-written gradients of a two-layer ensemble without batch norm (the paper's
+    network), equal to autograd's up to round-off, computed in chunks of samples so that the
+    ``(R, chunk, h)`` activations stay in cache and no large tensor is allocated per step.
+
+    For f = W2 phi(z) + b2, z = W1 x + b1, per-network loss mean((f - y)^2) and r = d loss/d f:
+    grad W2 = r^T a, grad b2 = sum r, and with t = phi'(z) (erf: (2/sqrt pi) exp(-z^2); ReLU: 1[z>0])
+    dz = t o (r W2). For one output dz = t o r w2^T, so grad W1 = w2 o (t^T (r o X)) and
+    grad b1 = w2 o (t^T r): one batched product with [r o X, r] per chunk and no pass over dz.
+    Every quantity is a sum over samples, so chunks accumulate exactly what one pass would.
+    Networks with ``alive`` False (diverged before this step) get zero loss weight; ``alive`` is
+    then updated with the finiteness of this step's losses.
+    """
+
+    def __init__(self, model: FCNEnsemble, chunk_elements: int = 2**18, workers: int = 1):
+        if not self.applies(model):
+            raise ValueError("TwoLayerGradients needs L=2 without batch norm")
+        self.model = model
+        self.chunk_elements = chunk_elements
+        self.workers = max(1, int(workers))
+        self.buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.zero = model.weights[0].new_zeros(())
+        self.pool = None
+        if self.workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fcn-grad", initializer=_worker_init)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    @staticmethod
+    def applies(model: FCNEnsemble) -> bool:
+        return model.num_layers == 2 and not model.use_batch_norm
+
+    def _buffers(self, key, shape, like):
+        if (key, shape) not in self.buffers:
+            self.buffers[(key, shape)] = (like.new_empty(shape), like.new_empty(shape))
+        return self.buffers[(key, shape)]
+
+    @torch.no_grad()
+    def _partial(self, worker, starts, rows, xb, tb, weight):
+        """Sums over the chunks starting at ``starts``: squared residuals, grad W2, grad b2 and
+        either G = t^T [r o X, r] (one output) or (t o r W2)^T X and its column sums."""
+        m = self.model
+        W1, b1, W2, b2 = m.weights[0], m.biases[0], m.weights[1], m.biases[1]
+        R, B, d = xb.shape
+        h, o = W1.shape[1], W2.shape[1]
+        erf = m.activation == "erf"
+        b1u, b2u, W1t, W2t = b1.unsqueeze(-2), b2.unsqueeze(-2), W1.transpose(-1, -2), W2.transpose(-1, -2)
+        sq = W1.new_zeros(R)
+        gW2, gb2 = torch.zeros_like(W2), torch.zeros_like(b2)
+        G = W1.new_zeros(R, h, d + 1) if o == 1 else None
+        gW1, gb1 = (None, None) if o == 1 else (torch.zeros_like(W1), torch.zeros_like(b1))
+        for s in starts:
+            x = xb[:, s:s + rows]
+            z, a = self._buffers(worker, (R, x.shape[1], h), W1)
+            torch.baddbmm(b1u, x, W1t, out=z)
+            if erf:
+                torch.erf(z, out=a)
+            else:
+                torch.clamp(z, min=0.0, out=a)
+            res = torch.baddbmm(b2u, a, W2t).sub_(tb[:, s:s + rows])  # (R, n, o)
+            sq += res.square().sum((-2, -1))
+            r = res.mul_(weight)
+            gW2.baddbmm_(r.transpose(-1, -2), a)
+            gb2 += r.sum(-2)
+            if erf:  # t = exp(-z^2) in place; the slope 2/sqrt(pi) is applied at the end
+                t = torch.addcmul(self.zero, z, z, value=-1.0, out=z).exp_()
+            else:
+                t = z.gt_(0.0)
+            if o == 1:
+                G.baddbmm_(t.transpose(-1, -2), torch.cat([r * x, r], -1))
+            else:
+                dz = torch.bmm(r, W2, out=a).mul_(t)
+                gW1.baddbmm_(dz.transpose(-1, -2), x)
+                gb1 += dz.sum(-2)
+        return sq, gW2, gb2, G, gW1, gb1
+
+    @torch.no_grad()
+    def __call__(self, xb: torch.Tensor, tb: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        W1, b1, W2, b2 = m.weights[0], m.biases[0], m.weights[1], m.biases[1]
+        R, B, d = xb.shape
+        h, o = W1.shape[1], W2.shape[1]
+        rows = max(1, min(B, self.chunk_elements // (R * h)))
+        weight = alive.to(W1.dtype).mul_(2.0 / (B * o))[:, None, None]
+        starts = list(range(0, B, rows))
+        if self.pool is None or len(starts) == 1:
+            parts = [self._partial(0, starts, rows, xb, tb, weight)]
+        else:
+            futures = [self.pool.submit(self._partial, w, starts[w::self.workers], rows, xb, tb, weight)
+                       for w in range(min(self.workers, len(starts)))]
+            parts = [f.result() for f in futures]
+        sq, gW2, gb2, G, gW1, gb1 = parts[0]
+        for p in parts[1:]:  # fixed order: the result does not depend on thread timing
+            sq += p[0]
+            gW2 += p[1]
+            gb2 += p[2]
+            if o == 1:
+                G += p[3]
+            else:
+                gW1 += p[4]
+                gb1 += p[5]
+        slope = _ERF_SLOPE if m.activation == "erf" else 1.0
+        W2.grad, b2.grad = gW2, gb2
+        if o == 1:
+            w2 = W2.transpose(-1, -2) * slope  # (R, h, 1)
+            W1.grad = G[..., :d].mul_(w2)
+            b1.grad = G[..., d].mul_(w2[..., 0])
+        else:
+            W1.grad, b1.grad = gW1.mul_(slope), gb1.mul_(slope)
+        losses = sq / (B * o)
+        alive &= torch.isfinite(losses)
+        return losses
+
+
+def _shuffle_generators(seeds):
+    return [torch.Generator().manual_seed(seed_int(np.random.SeedSequence([s, 0x5EED]))) for s in seeds]
+
+
+def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, *,
+          lr: float, num_epochs: int, momentum: float = 0.0, weight_decay: float = 0.0,
+          batch_size: int | None = None, probing_frequency: int | None = None,
+          probe_features: bool = True, probe_weights: bool = True, probe_kernels: bool = False,
+          num_classes: int | None = None, probe_init: bool = True, fast_path: bool = True,
+          log: logging.Logger | None = None) -> dict:
+    """Train every network of ``model`` with SGD on the MSE loss and probe it along the way.
+
+    ``X``: ``(N, d)`` shared by all networks or ``(R, N, d)`` one data set per network;
+    ``targets``: ``(N,)`` or ``(N, out)`` with a shared ``X``, ``(R, N)`` or ``(R, N, out)`` with
+    per-network ``X`` (a 1-D or ``(R, N)`` target is a scalar output); ``labels``: ``(N,)`` class of each
+    sample (the same for every network). ``batch_size`` None or >= N means full batch.
+    Probes (float64, see :func:`probe`) run at the epochs of :func:`probe_epochs` (without epoch 0
+    when ``probe_init`` is False, e.g. in sweeps that only report the trained network).
+    Two-layer networks without batch norm take their gradients from :class:`TwoLayerGradients`
+    (``fast_path``, default) instead of autograd; the SGD update is ``torch.optim.SGD`` either way.
+
+    Returns a record (NumPy arrays and lists) with
+    ``epochs`` (P probe epochs), ``train_loss`` ``(E, R)`` (mean batch loss of each epoch run),
+    ``loss``/``accuracy`` ``(P, R)``, ``nc1``/``nc1_pinv`` ``{name: (P, R)}`` (with
+    ``probe_features``), ``spectra`` ``{"W{l}": (P, R, k)}`` and ``gram_init``/``gram_final``
+    ``{"W{l}": (R, in, in)}`` (with ``probe_weights``), ``data_nc1`` ``(R,)`` (both forms),
+    ``status`` (``ok``/``diverged`` per network), ``diverged_epoch``, ``final_loss``,
+    ``final_accuracy``, ``final_nc1``/``final_nc1_pinv`` ``{name: (R,)}``,
+    ``initial_output``/``final_output`` ``(R, N, out)`` (float64 network outputs; the first is
+    None without ``probe_init``), ``seconds``, and with ``probe_kernels`` ``kernels``: one
+    :func:`probe_limiting_kernels` dict per distinct data set.
+    """
+    log = log or logging.getLogger(__name__)
+    start = time.perf_counter()
+    # Flush subnormal floats to zero while training: exp(-z^2) of the erf derivative produces
+    # them for large |z| and they slow CPU arithmetic several-fold. Restored to the default after.
+    # The two-layer fast path on CPU runs its sample chunks on torch.get_num_threads() Python
+    # threads with single-threaded torch ops: one synchronisation per step instead of one per
+    # operation, which matters on a shared machine. Thread count restored afterwards.
+    threads = torch.get_num_threads()
+    fast = None
+    if fast_path and TwoLayerGradients.applies(model):
+        cpu = model.weights[0].device.type == "cpu"
+        # chunks sized for CPU caches; on a GPU one chunk (the whole batch) keeps the kernels large
+        fast = TwoLayerGradients(model, chunk_elements=2**18 if cpu else 2**62, workers=threads if cpu else 1)
+    torch.set_flush_denormal(True)
+    if fast is not None and fast.workers > 1:
+        torch.set_num_threads(1)
+    try:
+        return _train(model, X, targets, labels, lr=lr, num_epochs=num_epochs, momentum=momentum,
+                      weight_decay=weight_decay, batch_size=batch_size, probing_frequency=probing_frequency,
+                      probe_features=probe_features, probe_weights=probe_weights, probe_kernels=probe_kernels,
+                      num_classes=num_classes, probe_init=probe_init, fast=fast, log=log, start=start)
+    finally:
+        if fast is not None:
+            fast.close()
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+
+
+def _train(model, X, targets, labels, *, lr, num_epochs, momentum, weight_decay, batch_size, probing_frequency,
+           probe_features, probe_weights, probe_kernels, num_classes, probe_init, fast, log, start):
+    R = model.num_networks
+    p0 = model.weights[0]
+    device, dtype = p0.device, p0.dtype
+    labels = labels.cpu()
+    C = int(num_classes if num_classes is not None else labels.max() + 1)
+    X64 = X.to(device=device, dtype=torch.float64)
+    X64 = X64.unsqueeze(0).expand(R, *X64.shape) if X64.dim() == 2 else X64
+    T64 = targets.to(device=device, dtype=torch.float64)
+    if T64.dim() == 1 or (T64.dim() == 2 and X.dim() == 3):  # (N,) or (R, N): scalar targets
+        T64 = T64.unsqueeze(-1)
+    T64 = T64.unsqueeze(0).expand(R, *T64.shape) if T64.dim() == 2 else T64
+    if X64.shape[0] != R or T64.shape[0] != R or X64.shape[1] != len(labels) or T64.shape[1] != len(labels):
+        raise ValueError(f"shapes: X {tuple(X.shape)}, targets {tuple(targets.shape)}, labels {tuple(labels.shape)}"
+                         f" for an ensemble of {R}")
+    N = X64.shape[1]
+    Xt, Tt = X64.to(dtype).contiguous(), T64.to(dtype).contiguous()
+    full_batch = batch_size is None or batch_size >= N
+    gens = None if full_batch else _shuffle_generators(model.seeds)
+    rows = torch.arange(R, device=device).unsqueeze(-1)
+
+    epochs = probe_epochs(num_epochs, probing_frequency)
+    alive = torch.ones(R, dtype=torch.bool, device=device)
+    status = ["ok"] * R
+    diverged_epoch: list[int | None] = [None] * R
+    record: dict = {"epochs": [], "loss": [], "accuracy": []}
+    if probe_features:
+        record["nc1"], record["nc1_pinv"] = {}, {}
+    if probe_weights:
+        record["spectra"] = {}
+        record["gram_init"] = gram_matrices(model)
+    lab = labels.to(device)
+    record["data_nc1"] = metrics.nc1_features(X64, lab).cpu().numpy()
+    record["data_nc1_pinv"] = metrics.nc1_features_pinv(X64, lab).cpu().numpy()
+    if probe_kernels:
+        sets = [X64[0]] if X.dim() == 2 else list(X64)
+        record["kernels"] = [probe_limiting_kernels(x, labels, model.num_layers, model.activation,
+                                                    model.hidden_weight_std, model.final_weight_std,
+                                                    model.bias_std) for x in sets]
+
+    def mark_diverged(newly, epoch):
+        for r in newly:
+            if status[r] == "ok":
+                status[r], diverged_epoch[r] = "diverged", epoch
+                log.warning("network %d (seed %d) diverged at epoch %d: loss is not finite",
+                            r, model.seeds[r], epoch)
+
+    def do_probe(epoch):
+        ok = np.array([s == "ok" for s in status])
+        res = probe(model, X64, T64, labels, C, ok, probe_features, probe_weights)
+        newly = [r for r in range(R) if ok[r] and not res["finite"][r]]
+        mark_diverged(newly, epoch)
+        for r in newly:
+            alive[r] = False
+        record["epochs"].append(epoch)
+        record["loss"].append(res["loss"])
+        record["accuracy"].append(res["accuracy"])
+        for key in ("nc1", "nc1_pinv", "spectra"):
+            for name, v in res.get(key, {}).items():
+                record[key].setdefault(name, []).append(v)
+        log.info("epoch %d: loss %s accuracy %s", epoch, np.array2string(res["loss"], precision=4),
+                 np.array2string(res["accuracy"], precision=3))
+        return res
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    train_loss = torch.zeros(num_epochs, R, dtype=torch.float64, device=device)
+    last = do_probe(0) if probe_init else None
+    record["initial_output"] = last["output"] if probe_init else None
+    epochs_run = 0
+    for epoch in range(1, num_epochs + 1):
+        if full_batch:
+            batches = [(Xt, Tt)]
+        else:
+            perm = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(device)
+            batches = [(Xt[rows, idx], Tt[rows, idx]) for idx in perm.split(batch_size, dim=1)]
+        for xb, tb in batches:
+            if fast is not None:
+                losses = fast(xb, tb, alive)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                losses = (model(xb) - tb).pow(2).mean((-2, -1))
+                with torch.no_grad():
+                    alive &= torch.isfinite(losses)
+                torch.where(alive, losses, zero).sum().backward()
+            with torch.no_grad():
+                train_loss[epoch - 1] += losses.detach().to(torch.float64) * (xb.shape[1] / N)
+            optimizer.step()
+        epochs_run = epoch
+        dead = (~alive).cpu().numpy()
+        mark_diverged([r for r in range(R) if dead[r]], epoch)
+        if dead.all():
+            log.warning("every network diverged; stopping at epoch %d", epoch)
+            break
+        if epoch in epochs:
+            last = do_probe(epoch)
+    if last is None or (epochs_run and epochs_run not in record["epochs"]):
+        last = do_probe(epochs_run)
+
+    def stack(v):
+        return np.stack(v) if len(v) else np.zeros((0, R))
+
+    record["epochs"] = list(record["epochs"])
+    record["loss"], record["accuracy"] = stack(record["loss"]), stack(record["accuracy"])
+    for key in ("nc1", "nc1_pinv", "spectra"):
+        if key in record:
+            record[key] = {name: stack(v) for name, v in record[key].items()}
+    if probe_weights:
+        record["gram_final"] = gram_matrices(model)
+    record["train_loss"] = train_loss[:epochs_run].cpu().numpy()
+    record["status"] = status
+    record["diverged_epoch"] = diverged_epoch
+    record["final_loss"] = last["loss"]
+    record["final_accuracy"] = last["accuracy"]
+    record["final_output"] = last["output"]
+    if probe_features:
+        record["final_nc1"] = {name: v for name, v in last["nc1"].items()}
+        record["final_nc1_pinv"] = {name: v for name, v in last["nc1_pinv"].items()}
+    record["num_classes"] = C
+    record["seconds"] = time.perf_counter() - start
+    return record

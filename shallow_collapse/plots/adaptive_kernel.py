@@ -1,0 +1,206 @@
+"""Figures of a single adaptive-kernel run. They read the ``results.json`` record (and the three
+N x N matrices, which are too large for JSON); they compute no science beyond log scales."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_single_run", "SINGLE_RUN_PLOTS"]
+
+SINGLE_RUN_PLOTS = (
+    "data_kernel.png", "q_kernels.png", "q_spectra.png", "sigma.png", "sigma_trace.png",
+    "sigma_spectrum.png", "nc1_per_step.png", "fbar_kernel_nc1.png", "mse_per_step.png",
+    "fbar_per_sample.png", "solver_steps.png",
+)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _heatmap(ax, M, title, symmetric=False):
+    M = _np(M)
+    if symmetric:
+        v = float(np.nanmax(np.abs(M))) or 1.0
+        im = ax.imshow(M, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
+    else:
+        im = ax.imshow(M, cmap="viridis", interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("sample j (ordered by class)")
+    ax.set_ylabel("sample i (ordered by class)")
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def _factor_labels(per_step):
+    return ["GP" if f == "inf" else f"{float(f):.3g}" for f in (s["factor"] for s in per_step)]
+
+
+def _step_axis(ax, labels):
+    ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+    ax.set_xlabel(r"annealing factor $\chi$ (GP = NNGP limit, last = h)")
+    ax.grid(alpha=0.3)
+
+
+def _log10(values):
+    v = _np(values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
+
+
+def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
+    """Write every figure of :data:`SINGLE_RUN_PLOTS` into ``plots_dir``; returns their paths.
+
+    ``record``: the ``results.json`` content of a non-lightweight run; ``matrices``: ``data_kernel``
+    (X X^T), ``q_gp`` (Q at the NNGP limit) and ``q_end`` (Q at the solution), each ``(N, N)``.
+    """
+    out = Path(plots_dir)
+    written = []
+    status = record["status"] + ("" if record["status"] == "ok" else
+                                 f" (stopped at chi={record['final_factor']:g}, residual {record['residual']:.2g})")
+    tag = f"N={record['N']}, d={record['in_features']}, {record['activation']}, h={record['h']}: {status}"
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
+    _heatmap(ax, matrices["data_kernel"], r"data kernel $XX^T$")
+    fig.suptitle(tag, fontsize=9)
+    written.append(_save(fig, out / "data_kernel.png"))
+
+    q_gp, q_end = _np(matrices["q_gp"]), _np(matrices["q_end"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
+    _heatmap(axes[0], q_gp, f"Q at the GP limit (NC1 {record['nngp_nc1']:.3g})")
+    _heatmap(axes[1], q_end, f"Q at the solution (NC1 {record['ak_nc1']:.3g})")
+    _heatmap(axes[2], q_end - q_gp, "Q(solution) - Q(GP limit)", symmetric=True)
+    fig.suptitle(tag, fontsize=9)
+    written.append(_save(fig, out / "q_kernels.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
+    for key, label in (("q_spectrum_gp", "Q at the GP limit"), ("q_spectrum_end", "Q at the solution")):
+        ev = _np(record[key])
+        ax.plot(np.arange(1, len(ev) + 1), np.abs(ev), label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue index (largest first)")
+    ax.set_ylabel("|eigenvalue| of Q")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title("spectra of Q  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "q_spectra.png"))
+
+    s0, s1 = _np(record["sigma_start"]), _np(record["sigma_end"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
+    _heatmap(axes[0], s0, r"$\Sigma$ at the start (NNGP: $\sigma_w^2/d\ I$)")
+    _heatmap(axes[1], s1, r"$\Sigma$ at the end")
+    _heatmap(axes[2], s1 - s0, r"$\Sigma_{end} - \Sigma_{start}$", symmetric=True)
+    for ax in axes:
+        ax.set_xlabel("input coordinate")
+        ax.set_ylabel("input coordinate")
+    fig.suptitle(tag, fontsize=9)
+    written.append(_save(fig, out / "sigma.png"))
+
+    per_step = record["per_step"]
+    labels = _factor_labels(per_step)
+    x = np.arange(len(per_step))
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    ax.plot(x, [s["trace_sigma"] for s in per_step], marker="o")
+    _step_axis(ax, labels)
+    ax.set_ylabel(r"Tr($\Sigma$)")
+    ax.set_title(r"Tr($\Sigma$) per accepted step  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "sigma_trace.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
+    for key, label in (("sigma_spectrum_start", "start (NNGP)"), ("sigma_spectrum_end", "end")):
+        ev = _np(record[key])
+        ax.plot(np.arange(1, len(ev) + 1), ev, marker="o", ms=3, label=label)
+    ax.set_yscale("symlog", linthresh=1e-8)
+    ax.set_xlabel("eigenvalue index (largest first)")
+    ax.set_ylabel(r"eigenvalue of $\Sigma$")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title(r"spectrum of $\Sigma$  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "sigma_spectrum.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    axes[0].plot(x, _log10([s["nc1"] for s in per_step]), marker="o", label="AK (Q)")
+    axes[0].axhline(math.log10(record["data_nc1"]), color="gray", ls="--", label="input data X")
+    axes[0].set_ylabel(r"$\log_{10}$ NC1 of Q")
+    axes[0].legend()
+    axes[1].plot(x, _log10([s["tr_w"] for s in per_step]), marker="o", label=r"Tr($\Sigma_W$)")
+    axes[1].plot(x, _log10([s["tr_b"] for s in per_step]), marker="s", label=r"Tr($\Sigma_B$)")
+    axes[1].set_ylabel(r"$\log_{10}$ trace (features of Q)")
+    axes[1].legend()
+    for ax in axes:
+        _step_axis(ax, labels)
+    fig.suptitle("NC1 of Q per accepted step  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "nc1_per_step.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    ax.plot(x, _log10([s["fbar_nc1"] for s in per_step]), marker="o")
+    _step_axis(ax, labels)
+    ax.set_ylabel(r"$\log_{10}$ NC1 of $\bar f \bar f^T$")
+    ax.set_title(r"NC1 of the kernel of $\bar f$ per step  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "fbar_kernel_nc1.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    ax.plot(x, _log10([s["mse"] for s in per_step]), marker="o")
+    _step_axis(ax, labels)
+    ax.set_ylabel(r"$\log_{10}$ training MSE of $\bar f$: mean$_i (y_i - \bar f_i)^2$")
+    ax.set_title(r"training MSE of $\bar f$ per step  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "mse_per_step.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
+    n = len(record["y"])
+    idx = np.arange(n)
+    y = _np(record["y"])
+    axes[0].plot(idx, y, "k.", ms=2, label="target y")
+    for key, label in (("fbar_gp", r"$\bar f$ at the GP limit"), ("fbar_end", r"$\bar f$ at the end")):
+        axes[0].plot(idx, record[key], ".", ms=2, alpha=0.7, label=label)
+        # y - fbar = sig2 alpha is tiny when the GP interpolates: shown on a log scale.
+        axes[1].plot(idx, _log10(np.abs(y - _np(record[key]))), ".", ms=2, alpha=0.7, label=label)
+    axes[0].set_ylabel(r"$\bar f_i$")
+    axes[1].set_ylabel(r"$\log_{10} |y_i - \bar f_i|$")
+    for ax in axes:
+        ax.set_xlabel("sample index (ordered by class)")
+        ax.legend(markerscale=5, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(r"GP posterior mean $\bar f$ per sample  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "fbar_per_sample.png"))
+
+    steps = record["steps"]
+    xs = np.arange(len(steps))
+    ok = np.array([bool(s["converged"]) for s in steps])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    evals = np.array([s["evaluations"] for s in steps], dtype=float)
+    axes[0].bar(xs[ok], evals[ok], color="tab:blue", label="converged")
+    if (~ok).any():
+        axes[0].bar(xs[~ok], evals[~ok], color="tab:red", label="not converged (subdivided or gave up)")
+    axes[0].set_ylabel("O(N^3) function evaluations")
+    axes[0].legend(fontsize=8)
+    res = np.array([float(s["residual"]) for s in steps])
+    axes[1].plot(xs, _log10(np.maximum(res, 1e-300)), marker="o", color="k", lw=0.8)
+    axes[1].plot(xs[~ok], _log10(np.maximum(res[~ok], 1e-300)), "x", color="tab:red", ms=9, mew=2)
+    axes[1].axhline(math.log10(record["f_tol"]), color="gray", ls="--", label="f_tol")
+    axes[1].set_ylabel(r"$\log_{10}$ final residual max|F|")
+    axes[1].legend(fontsize=8)
+    step_labels = [f"{float(s['factor']):.3g}" for s in steps]
+    for ax in axes:
+        ax.set_xticks(xs, step_labels, rotation=60, fontsize=7)
+        ax.set_xlabel(r"attempted step: annealing factor $\chi$")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"solver record ({record['strategy']}, {record['evaluations']} evaluations, "
+                 f"{record['seconds']:.1f}s)  |  " + tag, fontsize=9)
+    written.append(_save(fig, out / "solver_steps.png"))
+    return written

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from . import save_figure
 
 __all__ = ["plot_single_run", "SINGLE_RUN_PLOTS"]
 
@@ -18,13 +17,6 @@ SINGLE_RUN_PLOTS = (
     "sigma_spectrum.png", "nc1_per_step.png", "fbar_kernel_nc1.png", "mse_per_step.png",
     "fbar_per_sample.png", "solver_steps.png",
 )
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _np(x) -> np.ndarray:
@@ -77,7 +69,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
     _heatmap(ax, matrices["data_kernel"], r"data kernel $XX^T$")
     fig.suptitle(tag, fontsize=9)
-    written.append(_save(fig, out / "data_kernel.png"))
+    written.append(save_figure(fig, out / "data_kernel.png"))
 
     q_gp, q_end = _np(matrices["q_gp"]), _np(matrices["q_end"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
@@ -85,7 +77,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     _heatmap(axes[1], q_end, f"Q at the solution (NC1 {record['ak_nc1']:.3g})")
     _heatmap(axes[2], q_end - q_gp, "Q(solution) - Q(GP limit)", symmetric=True)
     fig.suptitle(tag, fontsize=9)
-    written.append(_save(fig, out / "q_kernels.png"))
+    written.append(save_figure(fig, out / "q_kernels.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
     for key, label in (("q_spectrum_gp", "Q at the GP limit"), ("q_spectrum_end", "Q at the solution")):
@@ -98,7 +90,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title("spectra of Q  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "q_spectra.png"))
+    written.append(save_figure(fig, out / "q_spectra.png"))
 
     s0, s1 = _np(record["sigma_start"]), _np(record["sigma_end"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
@@ -109,7 +101,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         ax.set_xlabel("input coordinate")
         ax.set_ylabel("input coordinate")
     fig.suptitle(tag, fontsize=9)
-    written.append(_save(fig, out / "sigma.png"))
+    written.append(save_figure(fig, out / "sigma.png"))
 
     per_step = record["per_step"]
     labels = _factor_labels(per_step)
@@ -119,7 +111,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     _step_axis(ax, labels)
     ax.set_ylabel(r"Tr($\Sigma$)")
     ax.set_title(r"Tr($\Sigma$) per accepted step  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "sigma_trace.png"))
+    written.append(save_figure(fig, out / "sigma_trace.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
     for key, label in (("sigma_spectrum_start", "start (NNGP)"), ("sigma_spectrum_end", "end")):
@@ -131,7 +123,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title(r"spectrum of $\Sigma$  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "sigma_spectrum.png"))
+    written.append(save_figure(fig, out / "sigma_spectrum.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     axes[0].plot(x, _log10([s["nc1"] for s in per_step]), marker="o", label="AK (Q)")
@@ -145,21 +137,21 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     for ax in axes:
         _step_axis(ax, labels)
     fig.suptitle("NC1 of Q per accepted step  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "nc1_per_step.png"))
+    written.append(save_figure(fig, out / "nc1_per_step.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     ax.plot(x, _log10([s["fbar_nc1"] for s in per_step]), marker="o")
     _step_axis(ax, labels)
     ax.set_ylabel(r"$\log_{10}$ NC1 of $\bar f \bar f^T$")
     ax.set_title(r"NC1 of the kernel of $\bar f$ per step  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "fbar_kernel_nc1.png"))
+    written.append(save_figure(fig, out / "fbar_kernel_nc1.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     ax.plot(x, _log10([s["mse"] for s in per_step]), marker="o")
     _step_axis(ax, labels)
     ax.set_ylabel(r"$\log_{10}$ training MSE of $\bar f$: mean$_i (y_i - \bar f_i)^2$")
     ax.set_title(r"training MSE of $\bar f$ per step  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "mse_per_step.png"))
+    written.append(save_figure(fig, out / "mse_per_step.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
     n = len(record["y"])
@@ -177,7 +169,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         ax.legend(markerscale=5, fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(r"GP posterior mean $\bar f$ per sample  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "fbar_per_sample.png"))
+    written.append(save_figure(fig, out / "fbar_per_sample.png"))
 
     steps = record["steps"]
     xs = np.arange(len(steps))
@@ -202,5 +194,5 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         ax.grid(alpha=0.3)
     fig.suptitle(f"solver record ({record['strategy']}, {record['evaluations']} evaluations, "
                  f"{record['seconds']:.1f}s)  |  " + tag, fontsize=9)
-    written.append(_save(fig, out / "solver_steps.png"))
+    written.append(save_figure(fig, out / "solver_steps.png"))
     return written

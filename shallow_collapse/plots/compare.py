@@ -5,7 +5,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .sweep import METHOD_LABELS, PANELS, d_axis, draw_band, group_label, save
+from . import save_figure
+from .sweep import METHOD_LABELS, PANELS, d_axis, draw_band, group_label
 
 __all__ = ["plot_comparison"]
 
@@ -31,5 +32,5 @@ def plot_comparison(summary: list[dict], plots_dir: Path, grid: str) -> list[Pat
         axes[0, 0].set_ylabel(ylabel)
         axes[0, 0].legend(fontsize=8)
         fig.suptitle("NC1 of " + ", ".join(METHOD_LABELS.get(m, m) for m in methods) + " on identical draws")
-        written.append(save(fig, Path(plots_dir) / name))
+        written.append(save_figure(fig, Path(plots_dir) / name))
     return written

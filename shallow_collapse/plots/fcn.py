@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
+from . import save_figure
 
 __all__ = ["plot_run", "plot_loss", "plot_nc1", "plot_weight_spectra", "plot_predictions", "plot_data",
            "plot_kernels", "layer_label"]
@@ -27,14 +26,6 @@ def layer_label(name: str) -> str:
         return "NTK"
     kind = "pre" if name.startswith("pre") else "post"
     return f"layer {name[len(kind):]} {kind}-activation"
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _log10(x):
@@ -56,7 +47,7 @@ def plot_loss(record: dict, path: Path, net: int = 0) -> Path:
     ax.set_title("training loss" + ("" if status == "ok" else f" ({status} at epoch {record['diverged_epoch'][net]})"))
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_nc1(record: dict, path: Path, net: int = 0) -> Path:
@@ -75,7 +66,7 @@ def plot_nc1(record: dict, path: Path, net: int = 0) -> Path:
     axes[0].set_title("NC1 (trace form)")
     axes[1].set_title("NC1 (pseudo-inverse form)")
     axes[0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weight_spectra(record: dict, layer: str, path: Path, net: int = 0) -> Path:
@@ -116,7 +107,7 @@ def plot_weight_spectra(record: dict, layer: str, path: Path, net: int = 0) -> P
     axes[2].set_title(f"{layer}$^T${layer} (end) $-$ {layer}$^T${layer} (init)")
     axes[2].set_xlabel("input unit")
     axes[2].set_ylabel("input unit")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(record: dict, labels: np.ndarray, path: Path, net: int = 0) -> Path:
@@ -156,7 +147,7 @@ def plot_predictions(record: dict, labels: np.ndarray, path: Path, net: int = 0)
         axes[1].imshow(f_end[order].T, aspect="auto", interpolation="nearest", cmap="viridis")
         axes[1].set_ylabel("output unit")
         axes[1].set_title("outputs after training")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_data(X: np.ndarray, labels: np.ndarray, path: Path) -> Path:
@@ -187,7 +178,7 @@ def plot_data(X: np.ndarray, labels: np.ndarray, path: Path) -> Path:
             ax.set_zlabel("$x_3$")
     ax.set_title(f"training data (N={len(labels)}, d={d}" + (", first 3 coordinates)" if d > 3 else ")"))
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kernels(kernels: dict, labels: np.ndarray, plots_dir: Path) -> list[Path]:
@@ -205,7 +196,7 @@ def plot_kernels(kernels: dict, labels: np.ndarray, plots_dir: Path) -> list[Pat
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("sample (ordered by class)")
         ax.set_ylabel("sample (ordered by class)")
-    written = [_save(fig, plots_dir / "kernels_heatmaps.png")]
+    written = [save_figure(fig, plots_dir / "kernels_heatmaps.png")]
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
     for name in names:
         eig = np.asarray(kernels[name]["eigenvalues"])
@@ -217,7 +208,7 @@ def plot_kernels(kernels: dict, labels: np.ndarray, plots_dir: Path) -> list[Pat
     ax.set_title("spectra of the limiting kernels")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    written.append(_save(fig, plots_dir / "kernels_spectra.png"))
+    written.append(save_figure(fig, plots_dir / "kernels_spectra.png"))
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
     values = _log10([kernels[name]["nc1"] for name in names])
     ax.bar(range(len(names)), values)
@@ -225,7 +216,7 @@ def plot_kernels(kernels: dict, labels: np.ndarray, plots_dir: Path) -> list[Pat
     ax.set_ylabel(r"$\log_{10}$ NC1")
     ax.set_title("NC1 of the limiting kernels per layer")
     ax.grid(alpha=0.3, axis="y")
-    written.append(_save(fig, plots_dir / "kernels_nc1.png"))
+    written.append(save_figure(fig, plots_dir / "kernels_nc1.png"))
     return written
 
 

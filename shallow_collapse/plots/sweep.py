@@ -6,7 +6,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["plot_sweep", "group_label", "draw_band", "d_axis", "save", "METHOD_LABELS", "PANELS"]
+from . import save_figure
+
+__all__ = ["plot_sweep", "group_label", "draw_band", "d_axis", "METHOD_LABELS", "PANELS"]
 
 METHOD_LABELS = {"nngp": "NNGP", "ntk": "NTK", "fcn": "FCN", "ak": "Adaptive kernel"}
 PANELS = (("mean_log10_nc1", "std_log10_nc1", r"$\log_{10}$ NC1"),
@@ -75,7 +77,7 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
             ax.set_ylabel(ylabel)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{METHOD_LABELS.get(method, method)}: NC1 against input dimension ({grid} classes)")
-        written.append(save(fig, plots_dir / f"{method}_nc1.png"))
+        written.append(save_figure(fig, plots_dir / f"{method}_nc1.png"))
     fig, axes = plt.subplots(2, len(methods), figsize=(4.5 * len(methods), 7.5), sharey="row",
                              squeeze=False, constrained_layout=True)
     for col, method in enumerate(methods):
@@ -87,11 +89,11 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
                 ax.set_ylabel(ylabel)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(" vs ".join(METHOD_LABELS.get(m, m) for m in methods) + f" ({grid} classes)")
-    written.append(save(fig, plots_dir / "methods_side_by_side.png"))
+    written.append(save_figure(fig, plots_dir / "methods_side_by_side.png"))
     return written
 
 
-def save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from threadpoolctl import threadpool_limits
 
 __all__ = ["resolve_device", "torch_threads"]
 
@@ -19,7 +20,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @contextmanager
 def torch_threads(count: int):
-    """Run the block with ``count`` intra-op threads, then restore the previous setting.
+    """Run the block with ``count`` threads in torch and in the BLAS/OpenMP pools numpy and scipy
+    load (through threadpoolctl), then restore the previous settings.
+
+    A fixed thread count also fixes the order of floating-point reductions, so a sweep cell gives
+    bit-identical numbers in this process, in a worker process or on a Dask worker.
 
     Loops of many small tensor operations run fastest on one thread: on a loaded machine each
     OpenMP parallel region can wait a scheduler tick for a descheduled thread (measured here:
@@ -28,6 +33,7 @@ def torch_threads(count: int):
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
-        yield
+        with threadpool_limits(limits=count):
+            yield
     finally:
         torch.set_num_threads(previous)

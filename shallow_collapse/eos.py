@@ -341,7 +341,10 @@ def _anderson_step(ev: EoSEvaluator, chi: float, state: EoSState, memory: _Memor
                 # Regularised least squares min |f_k - dF gamma|^2 + lam |gamma|^2.
                 lam = regularization * float((Fm * Fm).sum()) + 1e-300
                 H = Fm.T @ Fm + lam * torch.eye(Fm.shape[-1], dtype=Fm.dtype, device=Fm.device)
-                gamma = torch.linalg.lstsq(H, (Fm.T @ f_k.reshape(-1))[:, None]).solution[:, 0]
+                # H is symmetric positive definite (regularised): an LU solve. (torch.linalg.lstsq's
+                # default CPU driver, gelsy, was measured to return different bits on repeated
+                # calls here, which made solves irreproducible at the 1e-12 level.)
+                gamma = torch.linalg.solve(H, (Fm.T @ f_k.reshape(-1))[:, None])[:, 0]
                 trial = x_k + beta * f_k - ((dX + beta * dF).reshape(-1, dF.shape[-1]) @ gamma).reshape(x_k.shape)
             else:
                 trial = x_k + beta * f_k

@@ -2,9 +2,10 @@
 
 All three look the same to the sweep engine: :func:`cell_executor` yields ``None`` (run in
 process) or a ``concurrent.futures.Executor`` (a process pool, or Dask's ``Client.get_executor()``),
-and :func:`completed` yields results as they finish. Workers run one torch/BLAS thread each, so
-``workers`` processes do not fight over ``workers`` cores. Execution choices never change the
-numbers: the table is assembled in grid order from per-cell files.
+and :func:`completed` yields results as they finish. Every cell runs on one torch/BLAS thread
+(:func:`shallow_collapse.sweeps.compute_cell`), so ``workers`` processes do not fight over
+``workers`` cores and the numbers do not depend on where a cell ran; the table is assembled in
+grid order from per-cell files.
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 from .config import ConfigError
 
-__all__ = ["resolve_workers", "scheduler_address", "check_execution", "cell_executor", "completed",
-           "limit_threads"]
+__all__ = ["resolve_workers", "scheduler_address", "check_execution", "cell_executor", "completed"]
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -48,17 +48,8 @@ def check_execution(cfg: dict) -> None:
                               "(pip install -r requirements.txt)") from None
 
 
-def limit_threads(threads: int | None) -> None:
-    """Run torch (and so its BLAS) on ``threads`` threads; ``None`` leaves the default."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    limit_threads(1)
 
 
 @contextmanager
@@ -103,15 +94,12 @@ def cell_executor(cfg: dict) -> Iterator[Executor | None]:
 
 
 def completed(pool: Executor | None, fn: Callable, items: Iterable, *args) -> Iterator:
-    """``fn(item, *args)`` for every item, yielded as each finishes (in order when in-process).
-
-    Pool workers get one thread each (``threads=1``); in-process calls keep the default.
-    """
+    """``fn(item, *args)`` for every item, yielded as each finishes (in order when in-process)."""
     if pool is None:
         for item in items:
-            yield fn(item, *args, threads=None)
+            yield fn(item, *args)
         return
-    futures = [pool.submit(fn, item, *args, threads=1) for item in items]
+    futures = [pool.submit(fn, item, *args) for item in items]
     try:
         for future in as_completed(futures):
             yield future.result()

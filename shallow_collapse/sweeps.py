@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from . import metrics
 from .data import Dataset, gaussian_data
-from .executors import cell_executor, completed, limit_threads
+from .devices import torch_threads
+from .executors import cell_executor, completed
 from .runs import Run, atomic_write_json, atomic_write_text
 
 __all__ = ["Cell", "grid_cells", "cell_datasets", "compute_cell", "run_sweep", "read_table",
@@ -87,24 +88,25 @@ def _complete_row(row: dict, cfg: dict, cell: Cell, data_nc1: dict) -> dict:
     return {**row, **base, "status": status}
 
 
-def compute_cell(cell: Cell, cfg: dict, evaluate: Callable, methods: tuple, threads: int | None = None) -> dict:
+def compute_cell(cell: Cell, cfg: dict, evaluate: Callable, methods: tuple) -> dict:
     """Draw the cell's data and run ``evaluate`` on it; returns ``{cell, seconds, rows}``.
 
-    Runs wherever the executor puts it (this process, a local worker, a Dask worker) and touches
-    no file. An exception becomes one ``error`` row per method and repeat, with its message.
+    Runs wherever the executor puts it (this process, a local worker, a Dask worker), on one
+    torch thread, so the numbers do not depend on where it ran; it touches no file. An exception
+    becomes one ``error`` row per method and repeat, with its message.
     """
-    limit_threads(threads)
-    start = time.perf_counter()
-    datasets = cell_datasets(cfg, cell)
-    data_nc1 = {r: float(metrics.nc1_features(ds.X, ds.labels)) for r, ds in zip(cell.repeats, datasets)}
-    try:
-        rows = list(evaluate(cfg, cell, datasets))
-    except Exception as exc:  # noqa: BLE001 -- a failing cell must not stop the sweep
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        rows = [{"method": m, "repeat": r, "nc1": float("nan"), "status": "error", "message": message}
-                for m in methods for r in cell.repeats]
-    rows = [_complete_row(row, cfg, cell, data_nc1) for row in rows]
-    return {"cell": cell.key, "seconds": time.perf_counter() - start, "rows": rows}
+    with torch_threads(1):
+        start = time.perf_counter()
+        datasets = cell_datasets(cfg, cell)
+        data_nc1 = {r: float(metrics.nc1_features(ds.X, ds.labels)) for r, ds in zip(cell.repeats, datasets)}
+        try:
+            rows = list(evaluate(cfg, cell, datasets))
+        except Exception as exc:  # noqa: BLE001 -- a failing cell must not stop the sweep
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            rows = [{"method": m, "repeat": r, "nc1": float("nan"), "status": "error", "message": message}
+                    for m in methods for r in cell.repeats]
+        rows = [_complete_row(row, cfg, cell, data_nc1) for row in rows]
+        return {"cell": cell.key, "seconds": time.perf_counter() - start, "rows": rows}
 
 
 def _load_cell(path: Path) -> dict | None:
@@ -132,6 +134,7 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     cells = grid_cells(cfg, grid)
     todo = [c for c in cells if not (cfg["use_cache"] and _stored(cells_dir, c))]
     run.log.info("sweep over %d cells (%d already stored, %d to run)", len(cells), len(cells) - len(todo), len(todo))
+    todo.sort(key=lambda c: (c.N, c.in_features), reverse=True)  # largest first: no long tail
     with cell_executor(cfg) as pool, tqdm(total=len(todo), desc=run.job, unit="cell", dynamic_ncols=True) as bar:
         for record in completed(pool, compute_cell, todo, cfg, evaluate, methods):
             atomic_write_json(cells_dir / f"{record['cell']}.json", record)

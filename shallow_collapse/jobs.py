@@ -29,25 +29,21 @@ def sweep_job(description: str, evaluate: Callable, methods: tuple, grid: str, s
                partial(run_sweep, evaluate=evaluate, grid=grid, methods=methods, plot=plot_sweep))
 
 
-JOBS: dict[str, Job] = {
-    f"limiting_kernels_bulk_{grid}": sweep_job(
-        "NC1 of the infinite-width NNGP and NTK over a grid of dataset sizes and input dimensions",
-        limiting_kernels.evaluate_cell, ("nngp", "ntk"), grid, ("network",))
-    for grid in ("balanced", "imbalanced")
+GRID_OF = "over a grid of dataset sizes and input dimensions"
+SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, config scopes)
+    "limiting_kernels": (f"NC1 of the infinite-width NNGP and NTK {GRID_OF}", limiting_kernels.evaluate_cell,
+                         ("nngp", "ntk"), ("network",)),
+    "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF}",
+            fcn.evaluate_cell, ("fcn", "nngp", "ntk"), ("network", "fcn")),
+    "adaptive_kernels": (f"NC1 of the adaptive kernel (Equations of State), with the NNGP of the same draws, "
+                         f"{GRID_OF}", adaptive_kernel.evaluate_cell, ("ak", "nngp"), ("network", "ak")),
 }
-JOBS.update({
-    f"fcn_bulk_{grid}": sweep_job(
-        "NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, over a grid of "
-        "dataset sizes and input dimensions", fcn.evaluate_cell, ("fcn", "nngp", "ntk"), grid, ("network", "fcn"))
-    for grid in ("balanced", "imbalanced")
-})
+
+JOBS: dict[str, Job] = {
+    f"{prefix}_bulk_{grid}": sweep_job(description, evaluate, methods, grid, scopes)
+    for prefix, (description, evaluate, methods, scopes) in SWEEPS.items() for grid in GRID_SCOPES
+}
 JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
                   ("data", "single", "network", "fcn", "probe"), fcn.run)
-JOBS.update({
-    f"adaptive_kernels_bulk_{grid}": sweep_job(
-        "NC1 of the adaptive kernel (Equations of State), with the NNGP of the same draws, over a grid of "
-        "dataset sizes and input dimensions", adaptive_kernel.evaluate_cell, ("ak", "nngp"), grid, ("network", "ak"))
-    for grid in ("balanced", "imbalanced")
-})
 JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for one dataset and plot the continuation",
                                ("data", "single", "network", "ak"), adaptive_kernel.run)

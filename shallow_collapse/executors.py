@@ -20,9 +20,6 @@ from .config import ConfigError
 
 __all__ = ["resolve_workers", "scheduler_address", "check_execution", "cell_executor", "completed"]
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
 def resolve_workers(workers) -> int:
     """``auto`` -> the number of cores this process may use; an integer as given."""
     if workers == "auto":
@@ -53,20 +50,6 @@ def _worker_init() -> None:
 
 
 @contextmanager
-def _one_thread_environment():
-    saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
-    os.environ.update({k: "1" for k in _THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextmanager
 def cell_executor(cfg: dict) -> Iterator[Executor | None]:
     """``None`` for in-process work (``workers: 1``), else an executor for the cells."""
     if cfg["executor"] == "dask":
@@ -79,9 +62,8 @@ def cell_executor(cfg: dict) -> Iterator[Executor | None]:
     if workers <= 1:
         yield None
         return
-    with _one_thread_environment():  # spawned workers inherit it before torch loads its BLAS
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init)
+    # spawn, not fork: a forked child of a process whose OpenMP pool is running can deadlock.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
     try:
         yield pool
     except BaseException:

@@ -139,19 +139,18 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     fig.suptitle("NC1 of Q per accepted step  |  " + tag, fontsize=9)
     written.append(save_figure(fig, out / "nc1_per_step.png"))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    ax.plot(x, _log10([s["fbar_nc1"] for s in per_step]), marker="o")
-    _step_axis(ax, labels)
-    ax.set_ylabel(r"$\log_{10}$ NC1 of $\bar f \bar f^T$")
-    ax.set_title(r"NC1 of the kernel of $\bar f$ per step  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "fbar_kernel_nc1.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    ax.plot(x, _log10([s["mse"] for s in per_step]), marker="o")
-    _step_axis(ax, labels)
-    ax.set_ylabel(r"$\log_{10}$ training MSE of $\bar f$: mean$_i (y_i - \bar f_i)^2$")
-    ax.set_title(r"training MSE of $\bar f$ per step  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "mse_per_step.png"))
+    for key, ylabel, title, name in [
+        ("fbar_nc1", r"$\log_{10}$ NC1 of $\bar f \bar f^T$", r"NC1 of the kernel of $\bar f$ per step",
+         "fbar_kernel_nc1.png"),
+        ("mse", r"$\log_{10}$ training MSE of $\bar f$: mean$_i (y_i - \bar f_i)^2$",
+         r"training MSE of $\bar f$ per step", "mse_per_step.png"),
+    ]:
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        ax.plot(x, _log10([s[key] for s in per_step]), marker="o")
+        _step_axis(ax, labels)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title + "  |  " + tag, fontsize=9)
+        written.append(save_figure(fig, out / name))
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
     n = len(record["y"])

@@ -38,8 +38,7 @@ class Key:
     default: Any
     type: str  # int, float, bool, str, list[int], list[float], list[list[int]], or "a|b|c" choices
     scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, run
-    help: str
-    nullable: bool = False  # None is a valid resolved value (e.g. "derived from other keys")
+    help: str  # a default of None means "derived from other keys" or "not set"
 
 
 SCHEMA: dict[str, Key] = {
@@ -55,7 +54,7 @@ SCHEMA: dict[str, Key] = {
     "tau": Key(1e-8, "float", "data", "regulariser of relative NC1: log10(NC1(H) / (NC1(X) + tau))"),
     # single runs
     "N": Key(1024, "int", "single", "number of samples (single runs)"),
-    "class_sizes": Key(None, "list[int]", "single", "samples per class (single runs); default N/C each", True),
+    "class_sizes": Key(None, "list[int]", "single", "samples per class (single runs); default N/C each"),
     "in_features": Key(2, "int", "single", "input dimension d (single runs)"),
     # sweep grid
     "N_list": Key([128, 256, 512, 1024], "list[int]", "grid_balanced", "dataset sizes of balanced sweeps"),
@@ -73,7 +72,7 @@ SCHEMA: dict[str, Key] = {
     "hidden_features": Key(500, "int", "fcn", "hidden width h of the trained network"),
     "out_features": Key(1, "int", "fcn", "outputs: 1 (scalar targets 2c-(C-1)) or C (one-hot targets)"),
     "use_batch_norm": Key(False, "bool", "fcn", "batch norm after each hidden linear layer"),
-    "batch_size": Key(None, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)", True),
+    "batch_size": Key(None, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)"),
     "num_epochs": Key(1000, "int", "fcn", "training epochs"),
     "lr": Key(1e-3, "float", "fcn", "SGD learning rate"),
     "momentum": Key(0.0, "float", "fcn", "SGD momentum"),
@@ -101,7 +100,7 @@ SCHEMA: dict[str, Key] = {
     "device": Key("auto", "auto|cpu|cuda", "run", "where tensors live: auto (cuda if available), cpu or cuda"),
     "workers": Key("auto", "auto|int", "run", "sweep cells in parallel: auto (one process per core), 1 (in this process) or a count"),
     "executor": Key("local", "local|dask", "run", "local worker processes, or a Dask cluster (needs scheduler_address)"),
-    "scheduler_address": Key(None, "str", "run", "Dask scheduler, e.g. tcp://127.0.0.1:8786; default $DASK_SCHEDULER_ADDRESS", True),
+    "scheduler_address": Key(None, "str", "run", "Dask scheduler, e.g. tcp://127.0.0.1:8786; default $DASK_SCHEDULER_ADDRESS"),
 }
 
 _NA = {"na", "n/a", "none", "null", ""}

@@ -22,11 +22,16 @@ from typing import Any
 import yaml
 
 from .data import DATA_CLASSES
+from .eos import STRATEGIES as EOS_STRATEGIES
 from .kernels import ACTIVATIONS
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "EOS_STRATEGIES"]
 
-EOS_STRATEGIES = ("anderson", "newton-krylov")
+# Keys that no longer exist, with what replaces them: a value other than na stops with this line.
+RETIRED = {
+    "f_tol": "retired: the EoS now converge on the relative residual; use rtol "
+             "(max|Sigma - Sigma_new| / max|Sigma|, default 1e-8)",
+}
 
 
 class ConfigError(ValueError):
@@ -86,10 +91,14 @@ SCHEMA: dict[str, Key] = {
     "sigw2": Key(1.0, "float", "ak", "prior variance of first-layer weights times d"),
     "siga2": Key(1.0, "float", "ak", "readout variance"),
     "sig2": Key(1e-3, "float", "ak", "GP noise variance"),
-    "eos_update_strategy": Key("anderson", "|".join(EOS_STRATEGIES), "ak",
-                               "EoS solver strategy: anderson (fast default) or newton-krylov (scipy)"),
-    "f_tol": Key(5e-4, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| <= f_tol at every annealing step"),
-    "maxiter": Key(100, "int", "ak", "EoS iterations per annealing step (newton-krylov: Newton steps)"),
+    "eos_update_strategy": Key("minimize", "|".join(EOS_STRATEGIES), "ak",
+                               "EoS solver: minimize (least action, L-BFGS; default), anderson or "
+                               "newton-krylov (fixed-point iteration over the annealing schedule)"),
+    "eos_candidates": Key([], "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
+                          "further EoS strategies whose solutions compete; the least action is kept"),
+    "rtol": Key(1e-8, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol"),
+    "maxiter": Key(500, "int", "ak",
+                   "EoS iterations per step (minimize: L-BFGS iterations; newton-krylov: Newton steps)"),
     "inner_maxiter": Key(100, "int", "ak", "newton-krylov: Krylov iterations per Newton step"),
     "max_subdivisions": Key(4, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up"),
     "annealing_factors": Key([1e6, 1e5, 1e4, 1e3, 500.0], "list[float]", "ak",
@@ -111,7 +120,11 @@ _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"
 
 
 def _expected(spec: str) -> str:
-    return _TYPE_WORDS.get(spec) or "one of " + ", ".join(spec.split("|"))
+    if spec in _TYPE_WORDS:
+        return _TYPE_WORDS[spec]
+    if spec.startswith("list["):
+        return "a list of " + ", ".join(spec[5:-1].split("|"))
+    return "one of " + ", ".join(spec.split("|"))
 
 
 def _coerce(value: Any, spec: str):
@@ -163,6 +176,10 @@ def _unknown_key(key: str) -> ConfigError:
 def resolve(raw: dict) -> dict:
     """Typed, validated config with every key of :data:`SCHEMA` (defaults filled, na resolved)."""
     for key in raw:
+        if key in RETIRED:
+            if not _is_na(raw[key]):
+                raise ConfigError(f"config key '{key}': {RETIRED[key]}")
+            continue
         if key not in SCHEMA:
             raise _unknown_key(str(key))
     cfg = {}
@@ -222,7 +239,7 @@ def _check(cfg: dict) -> None:
         _check_sizes(sizes, "class_sizes_list", C)
     _require(all(a > 0 for a in cfg["annealing_factors"]), "annealing_factors", "positive numbers",
              cfg["annealing_factors"])
-    _require(cfg["f_tol"] > 0 and math.isfinite(cfg["f_tol"]), "f_tol", "a finite positive number", cfg["f_tol"])
+    _require(0 < cfg["rtol"] < 1, "rtol", "a number between 0 and 1", cfg["rtol"])
     for key in ("maxiter", "inner_maxiter"):
         _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
     _require(cfg["max_subdivisions"] >= 0, "max_subdivisions", "a non-negative integer", cfg["max_subdivisions"])
@@ -272,7 +289,7 @@ def load_config(path, overrides=(), defaults: dict | None = None) -> dict:
     raw = {**(defaults or {}), **read_yaml(path)}
     for text in overrides:
         key, value = parse_override(text)
-        if key not in SCHEMA:
+        if key not in SCHEMA and key not in RETIRED:
             raise _unknown_key(key)
         raw[key] = value
     return resolve(raw)

@@ -24,7 +24,17 @@ BAD = [  # (keys written to the config, override, words the one-line message mus
     ({"name": "../escape"}, None, ["'name'", "folder name"]),
     ({}, "in_features_lst=[1]", ["unknown config key 'in_features_lst'", "in_features_list"]),
     ({}, "repeat", ["override 'repeat'", "key=value"]),
+    ({"f_tol": 1e-6}, None, ["'f_tol'", "retired", "rtol"]),
+    ({}, "f_tol=5e-4", ["'f_tol'", "retired", "rtol"]),
+    ({"rtol": 0}, None, ["'rtol'", "between 0 and 1"]),
+    ({"eos_update_strategy": "lbfgs"}, None, ["'eos_update_strategy'", "minimize", "anderson"]),
+    ({"eos_candidates": ["anderson", "bfgs"]}, None, ["'eos_candidates'", "a list of minimize, anderson"]),
 ]
+
+
+def test_retired_key_with_na_is_ignored(write_config):
+    # Configs of the earlier layout may carry f_tol: na ("not applicable"): nothing to retire.
+    assert "f_tol" not in load_config(write_config(f_tol="na"), [])
 
 
 @pytest.mark.parametrize("keys,override,words", BAD)

@@ -15,33 +15,35 @@ from ..data import gaussian_data
 from ..devices import resolve_device
 from ..eos import EoSResult, solve_eos
 
-__all__ = ["solver_options", "evaluate_cell", "run", "result_record"]
+__all__ = ["solver_options", "evaluate_cell", "run", "result_record", "StepProbe"]
 
 
 def solver_options(cfg: dict) -> dict:
     """Keyword arguments of :func:`~shallow_collapse.eos.solve_eos` taken from a config."""
     return dict(activation=cfg["activation"], sigw2=cfg["sigw2"], siga2=cfg["siga2"], sig2=cfg["sig2"],
-                h=cfg["h"], annealing_factors=cfg["annealing_factors"],
-                strategy=cfg["eos_update_strategy"], f_tol=cfg["f_tol"], maxiter=cfg["maxiter"],
+                h=cfg["h"], annealing_factors=cfg["annealing_factors"], strategy=cfg["eos_update_strategy"],
+                candidates=tuple(cfg["eos_candidates"]), rtol=cfg["rtol"], maxiter=cfg["maxiter"],
                 inner_maxiter=cfg["inner_maxiter"], max_subdivisions=cfg["max_subdivisions"],
                 device=resolve_device(cfg["device"]))
 
 
 def _solver_columns(result: EoSResult) -> dict:
-    return {"evaluations": result.evaluations, "residual": result.residual,
-            "seconds": round(result.seconds, 4), "steps": len(result.steps),
-            "factor": result.factor, "failed_factor": result.failed_factor, "message": result.message}
+    return {"action": result.action, "rel_residual": result.rel_residual, "certified": result.certified,
+            "curvature": result.curvature, "evaluations": result.evaluations,
+            "seconds": round(result.seconds, 4), "steps": len(result.steps), "factor": result.factor,
+            "failed_factor": result.failed_factor, "message": result.message}
 
 
 def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     """Rows ``ak`` and ``nngp`` for every repeat of ``cell``, on the same draw.
 
-    ``ak``: NC1 (MATH section 4, :func:`metrics.nc1_kernel`) of Q at the last accepted EoS
-    solution, ``status`` ok / not_converged (the continuation gave up before chi = h: ``nc1`` is
-    then that of the last accepted factor, given in ``factor``, and ``failed_factor``,
-    ``residual`` and ``message`` say where and by how much) / nan / error, plus the solver
-    columns ``evaluations`` (O(N^3) evaluations), ``residual`` (max|F| of the final attempt),
-    ``seconds``, ``steps`` (attempted continuation steps).
+    ``ak``: NC1 (MATH section 4, :func:`metrics.nc1_kernel`) of Q at the EoS solution of least
+    action at chi = h, ``status`` ok (converged to ``rtol`` and certified a local minimum of the
+    action) / not_converged (``nc1`` is then that of the last point reached, at chi = ``factor``;
+    ``failed_factor`` and ``message`` say where and why) / not_minimum / nan / error, plus the
+    solver columns ``action`` (S at the answer), ``rel_residual`` (max|Sigma - Sigma_new| /
+    max|Sigma|), ``certified``, ``curvature`` (least relative curvature of S found there),
+    ``evaluations`` (O(N^3) evaluations, certification included), ``seconds``, ``steps``.
 
     ``nngp``: NC1 of ``Q0 = siga2 Kphi(X Sigma_0 X^T)`` with ``Sigma_0 = (sigw2/d) I``, the
     solver's own starting kernel (chi = infinity). It equals the NNGP kernel of
@@ -75,14 +77,43 @@ def _spectrum(K: torch.Tensor) -> list[float]:
     return torch.linalg.eigvalsh(0.5 * (K + K.T)).flip(0).tolist()
 
 
-def result_record(cfg: dict, ds, result: EoSResult, lightweight: bool) -> dict:
+def _json_number(v):
+    """Floats as JSON allows them: inf and nan as the strings "inf", "-inf", "nan"."""
+    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+
+def _json_dict(d: dict) -> dict:
+    return {k: _json_number(v) for k, v in d.items()}
+
+
+class StepProbe:
+    """``on_accept`` callback of :func:`solve_eos`: NC1 and the other per-step numbers of every
+    accepted annealing step (and of the NNGP start, factor inf), computed from the solver's state."""
+
+    def __init__(self, y, labels):
+        self.y, self.labels, self.rows = y, labels, []
+
+    def __call__(self, chi, state, step):
+        Q, f = state.Q.cpu(), state.fbar.cpu()
+        tr_w, tr_b = metrics.kernel_traces(Q, self.labels)
+        self.rows.append({
+            "factor": "inf" if math.isinf(chi) else chi, "nc1": float(tr_w / tr_b), "tr_w": float(tr_w),
+            "tr_b": float(tr_b), "fbar_nc1": float(metrics.nc1_kernel(f[:, None] * f[None, :], self.labels)),
+            "mse": float(((self.y - f) ** 2).mean()), "trace_sigma": float(torch.trace(state.Sigma)),
+            # The NNGP start is the exact solution at chi = inf, where S itself is infinite.
+            "action": None if step is None else step.action,
+            "rel_residual": 0.0 if step is None else step.rel_residual})
+
+
+def result_record(cfg: dict, ds, result: EoSResult, per_step: list[dict] | None) -> dict:
     """The content of ``results.json`` of a single run (lists, numbers and strings only).
 
-    Always: summary numbers (NC1 of the data, NNGP and AK kernels, status, residual, ...) and the
-    solver record of every attempted step. Unless ``lightweight``: ``per_step`` (one entry per
-    accepted factor, starting with the NNGP limit ``factor: inf`` written as ``"inf"``:
-    nc1, tr_w, tr_b of Q, fbar_nc1 of fbar fbar^T, mse of fbar, trace of Sigma), Sigma at start
-    and end, spectra of Q, Sigma, XX^T, and fbar at the GP limit and at the end.
+    Always: summary numbers (NC1 of the data, NNGP and AK kernels, status, action, rel_residual,
+    certification, every candidate solution, ...) and the solver record of every attempted step.
+    With ``per_step`` (the rows of a :class:`StepProbe`, one per accepted factor starting with the
+    NNGP limit ``factor: "inf"``: nc1, tr_w, tr_b of Q, fbar_nc1 of fbar fbar^T, mse of fbar, trace of
+    Sigma, action, rel_residual): also Sigma at start and end, spectra of Q, Sigma, XX^T, and fbar at
+    the GP limit and at the end.
     """
     labels = ds.labels
     tr_w, tr_b = metrics.kernel_traces(result.Q, labels)
@@ -90,26 +121,25 @@ def result_record(cfg: dict, ds, result: EoSResult, lightweight: bool) -> dict:
     mse = float(((ds.y - result.fbar) ** 2).mean())
     mse0 = float(((ds.y - result.fbar0) ** 2).mean())
     record = {
-        "status": result.status, "converged": result.converged, "strategy": result.strategy,
+        "status": result.status, "converged": result.converged, "certified": result.certified,
+        "strategy": result.strategy, "origin": result.origin,
         "N": len(labels), "class_sizes": [int(v) for v in torch.bincount(labels)],
         "in_features": ds.X.shape[1], "activation": cfg["activation"], "h": cfg["h"],
-        "sigw2": cfg["sigw2"], "siga2": cfg["siga2"], "sig2": cfg["sig2"], "f_tol": cfg["f_tol"],
+        "sigw2": cfg["sigw2"], "siga2": cfg["siga2"], "sig2": cfg["sig2"], "rtol": cfg["rtol"],
         "final_factor": result.factor, "failed_factor": result.failed_factor, "message": result.message,
-        "residual": result.residual, "evaluations": result.evaluations, "seconds": result.seconds,
+        "action": _json_number(result.action), "rel_residual": _json_number(result.rel_residual),
+        "curvature": _json_number(result.curvature),
+        "evaluations": result.evaluations, "seconds": result.seconds,
         "data_nc1": float(metrics.nc1_features(ds.X, labels)),
         "nngp_nc1": float(tr_w0 / tr_b0), "ak_nc1": float(tr_w / tr_b),
         "ak_tr_w": float(tr_w), "ak_tr_b": float(tr_b), "nngp_tr_w": float(tr_w0), "nngp_tr_b": float(tr_b0),
         "ak_mse": mse, "nngp_mse": mse0,
-        "steps": [{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in s.items()}
-                  for s in result.steps_table()],
+        "candidates": [_json_dict(vars(c)) for c in result.candidates],
+        "steps": [_json_dict(s) for s in result.steps_table()],
     }
-    if lightweight:
+    if per_step is None:
         return record
-    record["per_step"] = [
-        {"factor": "inf" if math.isinf(s["factor"]) else s["factor"], "nc1": s["nc1"], "tr_w": s["tr_w"],
-         "tr_b": s["tr_b"], "fbar_nc1": s["fbar_nc1"], "mse": s["mse"],
-         "trace_sigma": float(torch.trace(s["Sigma"]))}
-        for s in result.snapshots]
+    record["per_step"] = per_step
     record.update(
         sigma_start=result.Sigma0.tolist(), sigma_end=result.Sigma.tolist(),
         sigma_spectrum_start=_spectrum(result.Sigma0), sigma_spectrum_end=_spectrum(result.Sigma),
@@ -128,22 +158,32 @@ def _dataset(cfg: dict):
 
 
 def run(cfg: dict, run) -> None:
-    """Single AK run: solve, write ``results.json`` and (unless ``lightweight``) the plots."""
+    """Single AK run: solve, write ``results.json`` and (unless ``lightweight``) the plots.
+
+    Unless ``lightweight`` the solve follows the annealing schedule (one point per factor for the
+    per-step plots) and a direct solve at chi = h competes with it; lightweight runs solve at
+    chi = h only, as sweep cells do.
+    """
     ds = _dataset(cfg)
     lightweight = cfg["lightweight"]
+    probe = None if lightweight else StepProbe(ds.y, ds.labels)
     run.log.info("AK solve: N=%d d=%d activation=%s strategy=%s h=%s factors=%s", len(ds.y), ds.X.shape[1],
                  cfg["activation"], cfg["eos_update_strategy"], cfg["h"], cfg["annealing_factors"])
-    result = solve_eos(ds.X, ds.y, **solver_options(cfg), record_steps=not lightweight,
-                       labels=None if lightweight else ds.labels, log=run.log)
+    result = solve_eos(ds.X, ds.y, **solver_options(cfg), anneal=not lightweight, on_accept=probe, log=run.log)
     for step in result.steps:
-        run.log.info("step chi=%g depth=%d: %d iterations, %d evaluations, residual %.3g, converged %s, %.2fs%s",
-                     step.factor, step.depth, step.iterations, step.evaluations, step.residual,
-                     step.converged, step.seconds, f" ({step.message})" if step.message else "")
+        run.log.info("step chi=%g depth=%d: %d iterations, %d evaluations, rel_residual %.3g, action %.12g, "
+                     "converged %s, %.2fs%s", step.factor, step.depth, step.iterations, step.evaluations,
+                     step.rel_residual, step.action, step.converged, step.seconds,
+                     f" ({step.message})" if step.message else "")
+    for c in result.candidates:
+        run.log.info("candidate %s: converged %s, action %.12g, rel_residual %.3g, Sigma gap %.3g",
+                     c.origin, c.converged, c.action, c.rel_residual, c.sigma_gap)
     if result.status != "ok":
         run.log.warning("AK solve %s: %s", result.status, result.message)
-    record = result_record(cfg, ds, result, lightweight)
-    run.log.info("AK NC1 %.6g (NNGP %.6g, data %.6g), %d evaluations, %.2fs", record["ak_nc1"],
-                 record["nngp_nc1"], record["data_nc1"], result.evaluations, result.seconds)
+    record = result_record(cfg, ds, result, None if probe is None else probe.rows)
+    run.log.info("AK NC1 %.6g (NNGP %.6g, data %.6g), action %.12g, rel_residual %.3g, curvature %.3g, "
+                 "%d evaluations, %.2fs", record["ak_nc1"], record["nngp_nc1"], record["data_nc1"],
+                 result.action, result.rel_residual, result.curvature, result.evaluations, result.seconds)
     run.write_json("results.json", record)
     if not lightweight:
         from ..plots.adaptive_kernel import plot_single_run

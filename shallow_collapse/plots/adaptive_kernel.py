@@ -15,7 +15,7 @@ __all__ = ["plot_single_run", "SINGLE_RUN_PLOTS"]
 SINGLE_RUN_PLOTS = (
     "data_kernel.png", "q_kernels.png", "q_spectra.png", "sigma.png", "sigma_trace.png",
     "sigma_spectrum.png", "nc1_per_step.png", "fbar_kernel_nc1.png", "mse_per_step.png",
-    "fbar_per_sample.png", "solver_steps.png",
+    "fbar_per_sample.png", "solver_steps.png", "action_per_step.png",
 )
 
 
@@ -63,7 +63,7 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     out = Path(plots_dir)
     written = []
     status = record["status"] + ("" if record["status"] == "ok" else
-                                 f" (stopped at chi={record['final_factor']:g}, residual {record['residual']:.2g})")
+                                 f" (at chi={record['final_factor']:g}, rel_residual {float(record['rel_residual']):.2g})")
     tag = f"N={record['N']}, d={record['in_features']}, {record['activation']}, h={record['h']}: {status}"
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
@@ -180,11 +180,11 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         axes[0].bar(xs[~ok], evals[~ok], color="tab:red", label="not converged (subdivided or gave up)")
     axes[0].set_ylabel("O(N^3) function evaluations")
     axes[0].legend(fontsize=8)
-    res = np.array([float(s["residual"]) for s in steps])
+    res = np.array([float(s["rel_residual"]) for s in steps])
     axes[1].plot(xs, _log10(np.maximum(res, 1e-300)), marker="o", color="k", lw=0.8)
     axes[1].plot(xs[~ok], _log10(np.maximum(res[~ok], 1e-300)), "x", color="tab:red", ms=9, mew=2)
-    axes[1].axhline(math.log10(record["f_tol"]), color="gray", ls="--", label="f_tol")
-    axes[1].set_ylabel(r"$\log_{10}$ final residual max|F|")
+    axes[1].axhline(math.log10(record["rtol"]), color="gray", ls="--", label="rtol")
+    axes[1].set_ylabel(r"$\log_{10}$ rel_residual max|$\Sigma-\Sigma_{new}$|/max|$\Sigma$|")
     axes[1].legend(fontsize=8)
     step_labels = [f"{float(s['factor']):.3g}" for s in steps]
     for ax in axes:
@@ -194,4 +194,21 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     fig.suptitle(f"solver record ({record['strategy']}, {record['evaluations']} evaluations, "
                  f"{record['seconds']:.1f}s)  |  " + tag, fontsize=9)
     written.append(save_figure(fig, out / "solver_steps.png"))
+
+    # The action and the relative residual at every accepted factor (the NNGP start, where S is
+    # infinite and the residual exactly 0, is left out).
+    solved = [s for s in per_step if s["factor"] != "inf"]
+    xs = np.arange(len(solved))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    axes[0].plot(xs, [float(s["action"]) for s in solved], marker="o")
+    axes[0].set_ylabel(r"action $S(\Sigma)$ at the accepted point")
+    axes[1].plot(xs, _log10([float(s["rel_residual"]) for s in solved]), marker="o", color="k")
+    axes[1].axhline(math.log10(record["rtol"]), color="gray", ls="--", label="rtol")
+    axes[1].set_ylabel(r"$\log_{10}$ rel_residual")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        _step_axis(ax, [f"{float(s['factor']):.3g}" for s in solved])
+    fig.suptitle(f"action and relative residual per annealing step (kept: {record['origin']}, "
+                 f"S = {float(record['action']):.10g})  |  " + tag, fontsize=9)
+    written.append(save_figure(fig, out / "action_per_step.png"))
     return written

@@ -13,8 +13,8 @@ from shallow_collapse.experiments import adaptive_kernel
 from shallow_collapse.plots.adaptive_kernel import SINGLE_RUN_PLOTS
 from shallow_collapse.sweeps import Cell, cell_datasets, read_table
 
-AK_KEYS = {"h": 500, "sigw2": 1.0, "siga2": 0.0078125, "sig2": 1e-6, "f_tol": 1e-6,
-           "annealing_factors": [1e5, 1e4, 2e3, 1e3, 500.0], "eos_update_strategy": "anderson"}
+AK_KEYS = {"h": 500, "sigw2": 1.0, "siga2": 0.0078125, "sig2": 1e-6, "rtol": 1e-8,
+           "annealing_factors": [1e5, 1e4, 2e3, 1e3, 500.0], "eos_update_strategy": "minimize"}
 
 
 def only_folder(root):
@@ -30,7 +30,8 @@ def test_evaluate_cell_rows(write_config):
     assert [(r["method"], r["repeat"]) for r in rows] == [("ak", 0), ("nngp", 0), ("ak", 1), ("nngp", 1)]
     for ak, nngp, ds in zip(rows[::2], rows[1::2], datasets):
         assert ak["status"] == "ok" and nngp["status"] == "ok"
-        assert ak["evaluations"] >= 1 and ak["residual"] <= cfg["f_tol"] and ak["seconds"] >= 0
+        assert ak["evaluations"] >= 1 and ak["rel_residual"] <= cfg["rtol"] and ak["seconds"] >= 0
+        assert ak["certified"] and ak["curvature"] > 0 and math.isfinite(ak["action"])
         assert ak["factor"] == 500 and ak["failed_factor"] is None
         # The nngp row is the foundation's NNGP of the same draw (sw^2 = sigw2 = 1, no bias);
         # two float64 evaluations of the same kernel: round-off only.
@@ -40,12 +41,13 @@ def test_evaluate_cell_rows(write_config):
 
 
 def test_evaluate_cell_reports_non_convergence_without_raising(write_config):
-    cfg = load_config(write_config(**{**AK_KEYS, "f_tol": 1e-12, "maxiter": 1, "max_subdivisions": 0}), [])
+    cfg = load_config(write_config(**{**AK_KEYS, "rtol": 1e-14, "maxiter": 1, "max_subdivisions": 0}), [])
     cell = Cell((16, 16), 2, (0,))
     rows = adaptive_kernel.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
     ak = rows[0]
     assert ak["method"] == "ak" and ak["status"] == "not_converged"
-    assert ak["residual"] > 1e-12 and ak["failed_factor"] is not None and "did not converge" in ak["message"]
+    assert ak["rel_residual"] > 1e-14 and ak["failed_factor"] is not None and "did not converge" in ak["message"]
+    assert not ak["certified"]
     assert math.isfinite(ak["nc1"])  # NC1 at the last accepted factor, named in the factor column
     assert rows[1]["method"] == "nngp" and rows[1]["status"] == "ok"
 
@@ -61,12 +63,17 @@ def test_single_run_writes_every_plot_and_result(write_config, out_root):
     assert record["status"] == "ok" and record["ak_nc1"] < record["nngp_nc1"]
     factors = ["inf", 1e5, 1e4, 2e3, 1e3, 500.0]
     assert [s["factor"] for s in record["per_step"]] == factors
+    assert record["certified"] and record["rel_residual"] <= 1e-8
+    assert [c["origin"] for c in record["candidates"]] == ["minimize, annealed", "minimize, direct at chi=h"]
     for step in record["per_step"]:
-        assert set(step) == {"factor", "nc1", "tr_w", "tr_b", "fbar_nc1", "mse", "trace_sigma"}
+        assert set(step) == {"factor", "nc1", "tr_w", "tr_b", "fbar_nc1", "mse", "trace_sigma", "action",
+                             "rel_residual"}
         assert math.isclose(step["nc1"], step["tr_w"] / step["tr_b"], rel_tol=1e-12)
     assert math.isclose(record["per_step"][-1]["nc1"], record["ak_nc1"], rel_tol=1e-12)
     assert math.isclose(record["per_step"][0]["nc1"], record["nngp_nc1"], rel_tol=1e-12)
-    assert len(record["steps"]) >= 5 and {"factor", "iterations", "evaluations", "residual", "converged",
+    assert all(s["rel_residual"] <= 1e-8 for s in record["per_step"])
+    assert math.isclose(record["per_step"][-1]["action"], record["action"], rel_tol=1e-9)
+    assert len(record["steps"]) >= 5 and {"factor", "iterations", "evaluations", "rel_residual", "action", "converged",
                                           "seconds"} <= set(record["steps"][0])
     assert len(record["fbar_end"]) == 128 and len(record["fbar_gp"]) == 128
     assert len(record["sigma_end"]) == 4 and len(record["q_spectrum_end"]) == 128
@@ -105,4 +112,5 @@ def test_ak_sweeps_write_tables_with_solver_columns(job, write_config, out_root)
     ak = [r for r in rows if r["method"] == "ak"]
     assert all(r["status"] in ("ok", "not_converged") for r in ak)
     assert all(r["evaluations"] >= 1 and r["seconds"] >= 0 for r in ak)
+    assert all(math.isfinite(r["action"]) and r["rel_residual"] <= 1e-8 for r in ak if r["status"] == "ok")
     assert (folder / "plots" / "methods_side_by_side.png").stat().st_size > 10_000

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from . import cli
-from .compare import CompareError, compare
+from .compare import compare
 from .config import ConfigError, load_config, parse_override, read_yaml, resolve
 from .executors import check_execution
 from .jobs import GRID_SCOPES, JOBS, SWEEPS
@@ -121,7 +121,7 @@ def _run_comparison(grid: str, records: dict, out_root: Path, plot_formats) -> d
         return entry
     try:
         path = compare([out_root / records[job]["folder"] for job in done], out_root, plot_formats)
-    except (CompareError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # CompareError is a ValueError
         entry.update(status="failed", message=f"{type(exc).__name__}: {exc}")
         print(f"paper.py: {grid} comparison failed: {entry['message']}", file=sys.stderr)
         return entry

@@ -80,6 +80,11 @@ def _table(rows: list[dict], bad=lambda row: False, raw=()) -> str:
     return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
 
 
+def _exact(value) -> str:
+    """A config value as written in YAML/JSON, never rounded (``0.0078125``, ``null``, ``[1, 8]``)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _key_values(mapping: dict, bad_keys=()) -> str:
     rows = []
     for key, value in mapping.items():
@@ -171,12 +176,16 @@ def _run_sections(folder: Path) -> tuple[dict, str]:
     elif (folder / "results.json").is_file():
         parts.append("<h2>Summary</h2>" + _single_run_summary(_read_json(folder / "results.json")))
     parts.append("<h2>Figures</h2>" + _figures(folder, folder / "plots"))
-    parts.append(_config_section(_config(folder), "Resolved config"))
+    parts.append(_config_section(_config(folder), "Resolved config", set(meta.get("hashed_config", ()))))
     return head, "\n".join(parts)
 
 
-def _config_section(cfg: dict, title: str) -> str:
-    return f"<h2>{_e(title)}</h2><details open><summary>{len(cfg)} keys</summary>{_key_values(cfg)}</details>"
+def _config_section(cfg: dict, title: str, hashed=None) -> str:
+    """Every key with its exact value; with ``hashed``, a column marks the keys in the run hash."""
+    rows = [{"key": key, "value": _exact(value), **({"in run hash": "yes" if key in hashed else ""}
+                                                     if hashed is not None else {})}
+            for key, value in cfg.items()]
+    return f"<h2>{_e(title)}</h2><details open><summary>{len(cfg)} keys</summary>{_table(rows)}</details>"
 
 
 def _compare_sections(folder: Path) -> tuple[dict, str]:

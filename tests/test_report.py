@@ -94,15 +94,20 @@ def test_failed_repeats_stand_out(write_config, out_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job,keys", [
-    ("fcn", dict(N=32, in_features=3, hidden_features=8, num_epochs=10, probing_frequency=5, probe_kernels=True)),
-    ("adaptive_kernels", dict(**AK_KEYS, N=32, class_sizes=[16, 16], in_features=2, lightweight=False)),
+@pytest.mark.parametrize("job,keys,exact", [
+    ("fcn", dict(N=32, in_features=3, hidden_features=8, num_epochs=10, probing_frequency=5, probe_kernels=True,
+                 lr=0.00125), "<tr><td>lr</td><td>0.00125</td><td>yes</td></tr>"),
+    ("adaptive_kernels", dict(**AK_KEYS, N=32, class_sizes=[16, 16], in_features=2, lightweight=False),
+     "<tr><td>siga2</td><td>0.0078125</td><td>yes</td></tr>"),
 ])
-def test_single_run_report(write_config, out_root, job, keys):
+def test_single_run_report(write_config, out_root, job, keys, exact):
     path = write_config(scheduler_address=SCRIPT, **keys)
     assert main(job, [str(path), "--out", str(out_root)]) == 0
     html = check_run_report(only_folder(out_root / "tiny"))
     assert 'href="results.json"' in html and "<th>status</th><td>ok</td>" in html
+    # config values are shown exactly (not to 4 digits), and the keys of the run hash are marked
+    assert exact in html
+    assert "<tr><td>workers</td><td>1</td><td></td></tr>" in html
 
 
 @pytest.mark.slow

@@ -211,6 +211,7 @@ def _exists_link(base: Path, rel: str, text: str) -> str:
 def _paper_sections(folder: Path) -> tuple[dict, str]:
     record = _read_json(folder / "paper.json")
     head = {"job": "paper", "hash": record["hash"], "date": record["started"],
+            **({"finished": record["finished"]} if "finished" in record else {}),
             "command": " ".join(map(str, record.get("command", []))), "status": record["status"]}
     root = os.path.relpath(folder.parent.parent, folder)  # the output root, seen from this folder
     figures, rows, comparisons = [], [], []

@@ -8,6 +8,8 @@ from .config import ConfigError, load_config
 from .devices import resolve_device
 from .executors import check_execution
 from .jobs import JOBS
+from .plots import figure_formats
+from .report import write_report
 from .runs import open_run
 
 __all__ = ["main"]
@@ -40,7 +42,9 @@ def main(job_name: str, argv=None) -> int:
     command = [parser.prog, *(sys.argv[1:] if argv is None else argv)]
     run = open_run(cfg, job_name, job.scopes, args.out, argv=command)
     try:
-        job.target(cfg, run)
+        with figure_formats(cfg["plot_formats"]):
+            job.target(cfg, run)
+        write_report(run.path)
     except KeyboardInterrupt:
         run.log.warning("interrupted: finished cells are kept; rerun the same command to resume")
         return 130

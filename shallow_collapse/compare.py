@@ -14,12 +14,16 @@ import argparse
 import hashlib
 import math
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from .config import PLOT_FORMATS
+from .plots import figure_formats
 from .plots.compare import plot_comparison
+from .report import write_report
 from .runs import atomic_write_json
 from .sweeps import SUMMARY_COLUMNS, read_table, summarise, write_table
 
@@ -123,8 +127,9 @@ def grid_kind(rows) -> str:
     return "imbalanced" if len({r["N"] for r in rows}) == 1 and len(sizes) > 1 else "balanced"
 
 
-def compare(folders, out_root="out") -> Path:
-    """Merge ``folders``, write tables and figures to ``out_root/compare/<hash>/``; returns it."""
+def compare(folders, out_root="out", plot_formats=("png",)) -> Path:
+    """Merge ``folders``, write tables, figures (in each of ``plot_formats``) and ``report.html``
+    to ``out_root/compare/<hash>/``; returns it."""
     rows, report = merge(folders)
     digest = hashlib.sha256("\n".join(sorted(str(Path(f).resolve()) for f in folders)).encode()).hexdigest()[:10]
     path = Path(out_root) / "compare" / digest
@@ -135,9 +140,18 @@ def compare(folders, out_root="out") -> Path:
     write_table(path / "summary.csv", summary, SUMMARY_COLUMNS)
     write_table(path / "paired_differences.csv", diffs, PAIR_COLUMNS)
     write_table(path / "paired_summary.csv", paired_summary(diffs), PAIR_SUMMARY_COLUMNS)
-    atomic_write_json(path / "compare.json", report)
-    plot_comparison(summary, path / "plots", grid_kind(rows))
+    atomic_write_json(path / "compare.json", {**report, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    with figure_formats(plot_formats):
+        plot_comparison(summary, path / "plots", grid_kind(rows))
+    write_report(path)
     return path
+
+
+def _formats(text: str) -> list[str]:
+    formats = text.split(",")
+    if any(f not in PLOT_FORMATS for f in formats):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(PLOT_FORMATS)}, got {text!r}")
+    return formats
 
 
 def main(argv=None) -> int:
@@ -146,9 +160,11 @@ def main(argv=None) -> int:
         "on identical draws, with paired differences.")
     parser.add_argument("folders", nargs="+", metavar="RUN_DIR", help="sweep run folders (out/<name>/<hash>)")
     parser.add_argument("--out", default="out", metavar="DIR", help="output root (default: out/)")
+    parser.add_argument("--plot-formats", type=_formats, default=["png"], metavar="FMT[,FMT]",
+                        help="figure formats, any of png, pdf, svg (default: png)")
     args = parser.parse_args(argv)
     try:
-        path = compare(args.folders, args.out)
+        path = compare(args.folders, args.out, args.plot_formats)
     except CompareError as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)
         return 2

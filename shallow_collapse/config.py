@@ -25,13 +25,15 @@ from .data import DATA_CLASSES
 from .eos import STRATEGIES as EOS_STRATEGIES
 from .kernels import ACTIVATIONS
 
-__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "EOS_STRATEGIES"]
+__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "EOS_STRATEGIES",
+           "PLOT_FORMATS"]
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
 RETIRED = {
     "f_tol": "retired: the EoS now converge on the relative residual; use rtol "
              "(max|Sigma - Sigma_new| / max|Sigma|, default 1e-8)",
 }
+PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 class ConfigError(ValueError):
@@ -104,7 +106,8 @@ SCHEMA: dict[str, Key] = {
     "annealing_factors": Key([1e6, 1e5, 1e4, 1e3, 500.0], "list[float]", "ak",
                              "chi values of the continuation, large to small, ending at h"),
     "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
-    # execution (never hashed: it does not change the numbers)
+    # execution and output (never hashed: they do not change the numbers)
+    "plot_formats": Key(["png"], "list[str]", "run", "file formats of every figure: any of png, pdf, svg"),
     "use_cache": Key(True, "bool", "run", "reuse finished cells of an earlier run of the same config (resume)"),
     "device": Key("auto", "auto|cpu|cuda", "run", "where tensors live: auto (cuda if available), cpu or cuda"),
     "workers": Key("auto", "auto|int", "run", "sweep cells in parallel: auto (one process per core), 1 (in this process) or a count"),
@@ -115,7 +118,7 @@ SCHEMA: dict[str, Key] = {
 _NA = {"na", "n/a", "none", "null", ""}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "list[int]": "a list of integers", "list[float]": "a list of numbers",
+               "list[int]": "a list of integers", "list[str]": "a list of strings", "list[float]": "a list of numbers",
                "list[list[int]]": "a list of lists of integers", "auto|int": "auto or an integer"}
 
 
@@ -242,6 +245,8 @@ def _check(cfg: dict) -> None:
     _require(0 < cfg["rtol"] < 1, "rtol", "a number between 0 and 1", cfg["rtol"])
     for key in ("maxiter", "inner_maxiter"):
         _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
+    _require(len(cfg["plot_formats"]) > 0 and all(f in PLOT_FORMATS for f in cfg["plot_formats"]), "plot_formats",
+             "a non-empty list of " + ", ".join(PLOT_FORMATS), cfg["plot_formats"])
     _require(cfg["max_subdivisions"] >= 0, "max_subdivisions", "a non-negative integer", cfg["max_subdivisions"])
 
 

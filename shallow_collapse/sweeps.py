@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from . import metrics
 from .data import Dataset, gaussian_data
 from .devices import torch_threads
 from .executors import cell_executor, completed
+from .progress import cell_progress
 from .runs import Run, atomic_write_json, atomic_write_text
 
 __all__ = ["Cell", "grid_cells", "cell_datasets", "compute_cell", "run_sweep", "read_table",
@@ -135,11 +135,11 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     todo = [c for c in cells if not (cfg["use_cache"] and _stored(cells_dir, c))]
     run.log.info("sweep over %d cells (%d already stored, %d to run)", len(cells), len(cells) - len(todo), len(todo))
     todo.sort(key=lambda c: (c.N, c.in_features), reverse=True)  # largest first: no long tail
-    with cell_executor(cfg) as pool, tqdm(total=len(todo), desc=run.job, unit="cell", dynamic_ncols=True) as bar:
+    with cell_executor(cfg) as pool, cell_progress(run.job, len(todo)) as advance:
         for record in completed(pool, compute_cell, todo, cfg, evaluate, methods):
             atomic_write_json(cells_dir / f"{record['cell']}.json", record)
             _log_cell(run, record)
-            bar.update()
+            advance()
     rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json")["rows"]]
     write_table(run.path / "results.csv", rows)
     summary = summarise(rows)

@@ -359,3 +359,19 @@ def test_cuda_matches_cpu(strategy):
     assert gpu.status == "ok" and cpu.status == "ok"
     # Both within rtol = 1e-8 of the same fixed point (conditioning ~1 at d = 4).
     assert (cpu.Sigma - gpu.Sigma).abs().max() <= 1e-6 * cpu.Sigma.abs().max()
+
+
+def test_curvature_is_one_minus_the_slope_of_the_map_at_d1():
+    """At a stationary point the Hessian of S is (chi/2) Sigma^{-1} (I - J) Sigma^{-1}, J the
+    Jacobian of Sigma -> Sigma_new (docs/MATH.md section 7): at d = 1 the relative curvature is
+    1 - J exactly. J from a central difference of the map, independent of the certificate."""
+    ds = paper_data(256, 1)
+    result = eos.solve_eos(ds.X, ds.y, **PAPER)
+    ev = eos.EoSEvaluator(ds.X, ds.y, sigw2=1.0, siga2=1 / 128, sig2=1e-6)
+    s, h = float(result.Sigma), 1e-6
+    new = [float(ev.sigma_new(ev.state(torch.tensor([[v]], dtype=torch.float64)).T, 500.0)) for v in (s * (1 + h), s * (1 - h))]
+    slope = (new[0] - new[1]) / (2 * h * s)
+    assert slope < -1  # the unstable map that made plain iteration collapse
+    # Both are finite differences with relative steps 1e-4 (certificate) and 1e-6: agreement to
+    # ~1e-3 relative of a value ~30.
+    assert math.isclose(result.curvature, 1 - slope, rel_tol=2e-3)

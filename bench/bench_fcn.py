@@ -36,6 +36,7 @@ from shallow_collapse.config import load_config  # noqa: E402
 from shallow_collapse.data import gaussian_data  # noqa: E402
 from shallow_collapse.experiments import fcn  # noqa: E402
 from shallow_collapse.model import FCNEnsemble  # noqa: E402
+from shallow_collapse.params import ProbeParams, SGDParams  # noqa: E402
 from shallow_collapse.sweeps import cell_datasets, grid_cells  # noqa: E402
 from shallow_collapse.training import train  # noqa: E402
 
@@ -53,14 +54,14 @@ def time_ensemble(N, d, R, epochs, device):
     draws = _draws(N, d, R)
     X = torch.stack([ds.X for ds in draws])
     T = torch.stack([ds.y for ds in draws])
-    model = FCNEnsemble(range(R), d, H, 1, 2, "erf", 1.0, 1.97, 0.0, device=device)
+    model = FCNEnsemble(range(R), d, H, device=device)  # the paper's network (NetworkParams())
     start = time.perf_counter()
-    rec = train(model, X, T, draws[0].labels, lr=LR, momentum=MOMENTUM, num_epochs=epochs, probe_init=False,
-                probe_features=False, probe_weights=False)
+    rec = train(model, X, T, draws[0].labels, SGDParams(lr=LR, momentum=MOMENTUM, num_epochs=epochs),
+                ProbeParams(probe_features=False, probe_weights=False, probing_frequency=None), probe_init=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    assert rec["status"] == ["ok"] * R, rec["status"]
+    assert rec.status == ["ok"] * R, rec.status
     return seconds / R
 
 
@@ -68,7 +69,7 @@ def time_loop(N, d, R, epochs, device, flush, threads=None):
     """Plain loop: one torch.nn.Linear network at a time (the networks of the ensemble's seeds),
     with torch's default thread count or ``threads``."""
     draws = _draws(N, d, R)
-    ref = FCNEnsemble(range(R), d, H, 1, 2, "erf", 1.0, 1.97, 0.0)
+    ref = FCNEnsemble(range(R), d, H)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     torch.set_flush_denormal(flush)

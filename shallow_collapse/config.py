@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from .data import DATA_CLASSES
+from .activations import ACTIVATIONS
 from .eos import STRATEGIES as EOS_STRATEGIES
-from .kernels import ACTIVATIONS
+from .params import EoSParams, NetworkParams, ProbeParams, SGDParams
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "EOS_STRATEGIES",
            "PLOT_FORMATS"]
@@ -70,40 +71,40 @@ SCHEMA: dict[str, Key] = {
     "in_features_list": Key([1, 2, 8, 32, 128], "list[int]", "grid", "input dimensions d of sweeps"),
     "repeat": Key(10, "int", "grid", "independent draws (data and network) per grid cell"),
     # network (MATH sections 2 and 5)
-    "L": Key(2, "int", "network", "number of layers (L=2: one hidden layer)"),
-    "activation": Key("erf", "|".join(ACTIVATIONS), "network", "activation phi: erf or relu"),
-    "bias_std": Key(0.0, "float", "network", "sb: bias standard deviation"),
-    "hidden_weight_std": Key(1.0, "float", "network", "sw: hidden weights ~ N(0, sw^2/fan_in)"),
-    "final_weight_std": Key(1.97, "float", "network", "so: output weights ~ N(0, so^2/h)"),
+    "L": Key(NetworkParams.L, "int", "network", "number of layers (L=2: one hidden layer)"),
+    "activation": Key(NetworkParams.activation, "|".join(ACTIVATIONS), "network", "activation phi: erf or relu"),
+    "bias_std": Key(NetworkParams.bias_std, "float", "network", "sb: bias standard deviation"),
+    "hidden_weight_std": Key(NetworkParams.hidden_weight_std, "float", "network", "sw: hidden weights ~ N(0, sw^2/fan_in)"),
+    "final_weight_std": Key(NetworkParams.final_weight_std, "float", "network", "so: output weights ~ N(0, so^2/h)"),
     # training (FCN)
     "hidden_features": Key(500, "int", "fcn", "hidden width h of the trained network"),
     "out_features": Key(1, "int", "fcn", "outputs: 1 (scalar targets 2c-(C-1)) or C (one-hot targets)"),
     "use_batch_norm": Key(False, "bool", "fcn", "batch norm after each hidden linear layer"),
-    "batch_size": Key(None, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)"),
-    "num_epochs": Key(1000, "int", "fcn", "training epochs"),
-    "lr": Key(1e-3, "float", "fcn", "SGD learning rate"),
-    "momentum": Key(0.0, "float", "fcn", "SGD momentum"),
-    "weight_decay": Key(0.0, "float", "fcn", "SGD weight decay (L2)"),
-    "probe_features": Key(True, "bool", "probe", "probe NC1 of every layer's features during training"),
-    "probe_weights": Key(True, "bool", "probe", "probe the spectra of W^T W during training"),
+    "batch_size": Key(SGDParams.batch_size, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)"),
+    "num_epochs": Key(SGDParams.num_epochs, "int", "fcn", "training epochs"),
+    "lr": Key(SGDParams.lr, "float", "fcn", "SGD learning rate"),
+    "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum"),
+    "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)"),
+    "probe_features": Key(ProbeParams.probe_features, "bool", "probe", "probe NC1 of every layer's features during training"),
+    "probe_weights": Key(ProbeParams.probe_weights, "bool", "probe", "probe the spectra of W^T W during training"),
     "probe_kernels": Key(False, "bool", "probe", "also compute the limiting kernels of the run's data"),
-    "probing_frequency": Key(100, "int", "probe", "probe every this many epochs (and at init and the end)"),
+    "probing_frequency": Key(ProbeParams.probing_frequency, "int", "probe", "probe every this many epochs (and at init and the end)"),
     # adaptive kernel (MATH section 6)
-    "h": Key(500, "int", "ak", "width h of the adaptive kernel (the last annealing factor)"),
-    "sigw2": Key(1.0, "float", "ak", "prior variance of first-layer weights times d"),
-    "siga2": Key(1.0, "float", "ak", "readout variance"),
-    "sig2": Key(1e-3, "float", "ak", "GP noise variance"),
-    "eos_update_strategy": Key("minimize", "|".join(EOS_STRATEGIES), "ak",
+    "h": Key(EoSParams.h, "int", "ak", "width h of the adaptive kernel (the last annealing factor)"),
+    "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d"),
+    "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance"),
+    "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance"),
+    "eos_update_strategy": Key(EoSParams.strategy, "|".join(EOS_STRATEGIES), "ak",
                                "EoS solver: minimize (least action, L-BFGS; default), anderson or "
                                "newton-krylov (fixed-point iteration over the annealing schedule)"),
-    "eos_candidates": Key([], "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
+    "eos_candidates": Key(list(EoSParams.candidates), "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
                           "further EoS strategies whose solutions compete; the least action is kept"),
-    "rtol": Key(1e-8, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol"),
-    "maxiter": Key(500, "int", "ak",
+    "rtol": Key(EoSParams.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol"),
+    "maxiter": Key(EoSParams.maxiter, "int", "ak",
                    "EoS iterations per step (minimize: L-BFGS iterations; newton-krylov: Newton steps)"),
-    "inner_maxiter": Key(100, "int", "ak", "newton-krylov: Krylov iterations per Newton step"),
-    "max_subdivisions": Key(4, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up"),
-    "annealing_factors": Key([1e6, 1e5, 1e4, 1e3, 500.0], "list[float]", "ak",
+    "inner_maxiter": Key(EoSParams.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step"),
+    "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up"),
+    "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
                              "chi values of the continuation, large to small, ending at h"),
     "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
     # execution and output (never hashed: they do not change the numbers)

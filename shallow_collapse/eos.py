@@ -71,14 +71,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .devices import resolve_device as _resolve_device
-from .devices import torch_threads
+from . import activations
+from .devices import resolve_device, torch_threads
+from .params import EoSParams, NetworkParams
 
-__all__ = ["STRATEGIES", "ACTIVATIONS", "EoSEvaluator", "EoSState", "StepRecord", "Candidate",
-           "EoSResult", "solve_eos", "action", "kernel_phi", "resolve_device", "nngp_sigma"]
+__all__ = ["STRATEGIES", "EoSEvaluator", "EoSState", "StepRecord", "Candidate", "EoSResult", "solve_eos",
+           "action", "nngp_sigma"]
 
 STRATEGIES = ("minimize", "anderson", "newton-krylov")
-ACTIVATIONS = ("erf", "relu")
+PAPER_EOS = EoSParams()
 # minimize: L-BFGS on S hands over to Anderson polishing below this relative residual. Measured on
 # the paper's data (erf and ReLU, d = 1..128): 1e-4 needs the fewest evaluations (262 over ten
 # cells, against 352 at 1e-6 and 610 running L-BFGS to its own stop).
@@ -97,38 +98,9 @@ class EvaluationError(RuntimeError):
     """The map cannot be evaluated at this Sigma (not positive definite, Cholesky failure, NaN)."""
 
 
-def resolve_device(device) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or a ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    return _resolve_device("auto" if device is None else device)
-
-
 def nngp_sigma(d: int, sigw2: float, dtype=torch.float64, device=None) -> torch.Tensor:
     """The NNGP limit ``Sigma_0 = (sigw2 / d) I`` ``(d, d)`` (the solution at chi = infinity)."""
     return torch.eye(d, dtype=dtype, device=device) * (sigw2 / d)
-
-
-def kernel_phi(K: torch.Tensor, activation: str) -> torch.Tensor:
-    """``Kphi(K)`` ``(N, N)`` of a symmetric pre-activation kernel (MATH section 5), differentiable.
-
-    Written with plain torch ops so autograd can check the closed-form gradient; the solver uses
-    the fused in-place versions in :class:`EoSEvaluator`.
-    """
-    diag = torch.diagonal(K)
-    if activation == "erf":
-        r = (1.0 + 2.0 * diag).rsqrt()
-        return (2.0 / math.pi) * torch.asin(2.0 * K * r[:, None] * r[None, :])
-    if activation == "relu":
-        # The diagonal (theta = 0, Kphi_ii = K_ii / 2) is written separately so that autograd
-        # never differentiates acos at 1 (its derivative is infinite there; the limit is finite).
-        eye = torch.eye(K.shape[-1], dtype=torch.bool, device=K.device)
-        n = torch.sqrt(diag[:, None] * diag[None, :])
-        cos = torch.where(eye, 0.0, K / n)
-        theta = torch.acos(cos)
-        off = n * (torch.sin(theta) + (math.pi - theta) * cos) / (2.0 * math.pi)
-        return torch.where(eye, 0.5 * n, off)
-    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
 
 @dataclass
@@ -151,15 +123,16 @@ class EoSState:
 class EoSEvaluator:
     """The EoS map and the action for fixed data and hyper-parameters.
 
-    ``X`` ``(N, d)`` and ``y`` ``(N,)`` are moved to ``device`` in float64. :meth:`state` does the
+    ``X`` ``(N, d)`` and ``y`` ``(N,)`` are moved to ``device`` in float64; ``params`` gives sigw2, siga2
+    and sig2 (its solver fields are not used here). :meth:`state` does the
     O(N^3) work; :meth:`sigma_new`, :meth:`residual`, :meth:`rel_residual`, :meth:`action` and
     :meth:`action_gradient` turn a state into numbers for any chi for O(d^3). ``evaluations``
     counts calls of :meth:`state`.
     """
 
-    def __init__(self, X, y, *, activation="erf", sigw2=1.0, siga2=1.0 / 128, sig2=1e-6, device="cpu"):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    def __init__(self, X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkParams.activation,
+                 device="cpu"):
+        self.act = activations.get(activation)
         self.device = resolve_device(device)
         self.X = torch.as_tensor(X).to(device=self.device, dtype=torch.float64)
         y = torch.as_tensor(y).to(device=self.device, dtype=torch.float64)
@@ -171,7 +144,7 @@ class EoSEvaluator:
         self.y = y
         self.N, self.d = self.X.shape
         self.activation = activation
-        self.sigw2, self.siga2, self.sig2 = float(sigw2), float(siga2), float(sig2)
+        self.sigw2, self.siga2, self.sig2 = float(params.sigw2), float(params.siga2), float(params.sig2)
         self.evaluations = 0
         self._eye_d = torch.eye(self.d, dtype=torch.float64, device=self.device)
 
@@ -192,19 +165,7 @@ class EoSEvaluator:
         diag = torch.diagonal(K).clone()
         if not bool(torch.all(diag > 0)):
             raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
-        if self.activation == "erf":
-            c0 = self.siga2 * 2.0 / math.pi
-            D = 1.0 + 2.0 * diag
-            r = D.rsqrt()
-            rr = torch.outer(r, r).mul_(2.0)  # 2 r r^T
-            C = K.mul_(rr).clamp_(-1.0, 1.0)  # C = 2 K o r r^T, in K's memory
-            Q = torch.asin(C).mul_(c0)
-        else:
-            n = torch.sqrt(diag[:, None] * diag[None, :])
-            cos = (K / n).clamp_(-1.0, 1.0)
-            sin = (1.0 - cos * cos).clamp_min_(0.0).sqrt_()
-            theta = torch.atan2(sin, cos)
-            Q = (sin + (math.pi - theta) * cos).mul_(n * (self.siga2 / (2.0 * math.pi)))
+        Q, ctx = self.act.eos_q(K, diag, self.siga2)  # K is overwritten
         M = Q.clone()
         M.diagonal().add_(self.sig2)
         L, info = torch.linalg.cholesky_ex(M)
@@ -216,23 +177,8 @@ class EoSEvaluator:
         A = torch.cholesky_inverse(L, out=M)  # reuses M's memory
         A.addr_(alpha, alpha, alpha=-1.0)  # A = M^{-1} - alpha alpha^T
         del L
-        if self.activation == "erf":
-            # B = c0 A o (1 - C^2)^(-1/2) with c0 = siga2 (2/pi);
-            # G = 2 B o r r^T - 2 diag(sum_j B_ij C_ij / D_i) = c0 [Bu o rr - diag(2 (Bu C) 1 / D)]
-            # with Bu = B / c0 and rr = 2 r r^T; c0 is applied to the d x d result.
-            W = torch.addcmul(torch.ones((), dtype=C.dtype, device=C.device), C, C, value=-1.0)
-            Bu = A.mul_(W.clamp_min_(1e-300).rsqrt_())
-            del W
-            diag_term = torch.linalg.vecdot(Bu, C, dim=1).div_(D).mul_(2.0)
-            G = Bu.mul_(rr)
-            G.diagonal().sub_(diag_term)
-            T = (X.T @ (G @ X)).mul_(c0)
-        else:
-            # G = siga2 [A o Kdphi + diag(sum_j A_ij n_ij sin(theta_ij) / (2 pi K_ii))]
-            diag_term = (A * n * sin).sum(1).div_(2.0 * math.pi * diag).mul_(self.siga2)
-            G = A.mul_((math.pi - theta).mul_(self.siga2 / (2.0 * math.pi)))
-            G.diagonal().add_(diag_term)
-            T = X.T @ (G @ X)
+        G, scale = self.act.eos_g(A, ctx, self.siga2)  # A is overwritten
+        T = (X.T @ (G @ X)).mul_(scale)
         T = 0.5 * (T + T.T)
         if not (bool(torch.isfinite(T).all()) and bool(torch.isfinite(alpha).all()) and math.isfinite(nll)):
             raise EvaluationError("non-finite gradient, alpha or likelihood")
@@ -275,10 +221,11 @@ class EoSEvaluator:
         return nngp_sigma(self.d, self.sigw2, device=self.device)
 
 
-def action(X, y, Sigma, chi: float, *, activation="erf", sigw2=1.0, siga2=1.0 / 128, sig2=1e-6,
+def action(X, y, Sigma, chi: float, params: EoSParams = PAPER_EOS, *, activation: str = NetworkParams.activation,
            device="cpu") -> tuple[float, torch.Tensor]:
-    """The action ``S(Sigma)`` and its gradient ``(d, d)`` for data ``X`` ``(N, d)``, ``y`` ``(N,)``."""
-    ev = EoSEvaluator(X, y, activation=activation, sigw2=sigw2, siga2=siga2, sig2=sig2, device=device)
+    """The action ``S(Sigma)`` and its gradient ``(d, d)`` for data ``X`` ``(N, d)``, ``y`` ``(N,)``
+    (sigw2, siga2, sig2 of ``params``)."""
+    ev = EoSEvaluator(X, y, params, activation=activation, device=device)
     state = ev.state(Sigma)
     return ev.action(state, chi), ev.action_gradient(state, chi)
 
@@ -720,15 +667,15 @@ def _curvature(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
     return min(ratios)
 
 
-def solve_eos(X, y, *, activation: str = "erf", sigw2: float = 1.0, siga2: float = 1.0 / 128,
-              sig2: float = 1e-6, h: float = 500.0, annealing_factors=(), strategy: str = "minimize",
-              anneal: bool | None = None, candidates=(), rtol: float = 1e-8, maxiter: int = 500,
-              inner_maxiter: int = 100, max_subdivisions: int = 4, device="cpu", on_accept=None,
-              anderson_memory: int = 3, anderson_beta: float = 1.0, anderson_regularization: float = 1e-10,
-              anderson_stall: int = 8, threads: int | None = 1, log=None) -> EoSResult:
-    """Solve the EoS at chi = ``h``: the least-action solution among the candidates found.
+def solve_eos(X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkParams.activation,
+              anneal: bool | None = None, device="cpu", on_accept=None, anderson_memory: int = 3,
+              anderson_beta: float = 1.0, anderson_regularization: float = 1e-10, anderson_stall: int = 8,
+              threads: int | None = 1, log=None) -> EoSResult:
+    """Solve the EoS of ``params`` at chi = ``params.h``: the least-action solution among the
+    candidates found.
 
-    ``X`` ``(N, d)``, ``y`` ``(N,)`` (scalar targets; an ``(N, 1)`` y raises).
+    ``X`` ``(N, d)``, ``y`` ``(N,)`` (scalar targets; an ``(N, 1)`` y raises). ``params``: the
+    hyper-parameters and solver options (the paper's by default, :class:`~shallow_collapse.params.EoSParams`):
 
     ``strategy``: ``minimize`` (default), ``anderson`` or ``newton-krylov`` (module docstring).
     ``anneal``: follow ``annealing_factors`` (descending; ``h`` appended when it is not the last)
@@ -742,8 +689,10 @@ def solve_eos(X, y, *, activation: str = "erf", sigw2: float = 1.0, siga2: float
     warning where they disagree.
     ``rtol``: convergence when max|Sigma - Sigma_new| / max|Sigma| <= rtol.
     ``maxiter``: iterations per step (minimize: L-BFGS iterations per round; newton-krylov: Newton
-    steps); ``inner_maxiter``: Krylov iterations per Newton step. ``on_accept(chi, state, step)``:
-    called for the NNGP start (chi = inf, step None) and every accepted step of the primary branch.
+    steps); ``inner_maxiter``: Krylov iterations per Newton step.
+
+    ``activation``: erf or relu. ``on_accept(chi, state, step)``: called for the NNGP start
+    (chi = inf, step None) and every accepted step of the primary branch.
     ``device``: ``cpu``, ``cuda`` or ``auto``. ``anderson_*``: memory, mixing, Tikhonov
     regularisation (relative) and stall window (0 disables it) of the ``anderson`` strategy.
     ``threads``: torch and BLAS threads for the solve (restored afterwards; None leaves them
@@ -752,7 +701,7 @@ def solve_eos(X, y, *, activation: str = "erf", sigw2: float = 1.0, siga2: float
     up to 100x slower. ``log``: a logger for per-step debug lines and warnings.
     """
     kwargs = {k: v for k, v in locals().items() if k not in ("X", "y", "threads")}
-    for name in (strategy, *candidates):
+    for name in (params.strategy, *params.candidates):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
     if threads is None:
@@ -761,12 +710,13 @@ def solve_eos(X, y, *, activation: str = "erf", sigw2: float = 1.0, siga2: float
         return _solve(X, y, **kwargs)
 
 
-def _solve(X, y, *, activation, sigw2, siga2, sig2, h, annealing_factors, strategy, anneal, candidates,
-           rtol, maxiter, inner_maxiter, max_subdivisions, device, on_accept, anderson_memory,
-           anderson_beta, anderson_regularization, anderson_stall, log) -> EoSResult:
+def _solve(X, y, *, params: EoSParams, activation, anneal, device, on_accept, anderson_memory, anderson_beta,
+           anderson_regularization, anderson_stall, log) -> EoSResult:
     t_start = time.perf_counter()
-    ev = EoSEvaluator(X, y, activation=activation, sigw2=sigw2, siga2=siga2, sig2=sig2, device=device)
-    options = dict(rtol=rtol, maxiter=maxiter, inner_maxiter=inner_maxiter, max_subdivisions=max_subdivisions,
+    ev = EoSEvaluator(X, y, params, activation=activation, device=device)
+    strategy, h = params.strategy, params.h
+    options = dict(rtol=params.rtol, maxiter=params.maxiter, inner_maxiter=params.inner_maxiter,
+                   max_subdivisions=params.max_subdivisions,
                    anderson_memory=anderson_memory, anderson_beta=anderson_beta,
                    anderson_regularization=anderson_regularization, anderson_stall=anderson_stall, log=log)
     anneal = strategy != "minimize" or bool(anneal)
@@ -776,13 +726,13 @@ def _solve(X, y, *, activation, sigw2, siga2, sig2, h, annealing_factors, strate
 
     def branch(name, annealed, callback=None):
         origin = f"{name}, {'annealed' if annealed else 'direct at chi=h'}"
-        return _branch(ev, name, _schedule(annealing_factors, h, annealed), state0, origin=origin,
+        return _branch(ev, name, _schedule(params.annealing_factors, h, annealed), state0, origin=origin,
                        on_accept=callback, **options)
 
     branches = [branch(strategy, anneal, on_accept)]
     if strategy == "minimize" and anneal:
         branches.append(branch("minimize", False))
-    for name in candidates:
+    for name in params.candidates:
         if name != strategy:
             branches.append(branch(name, name != "minimize"))
     chosen = _least_action(ev, branches, float(h))

@@ -12,7 +12,7 @@ import math
 import torch
 
 __all__ = ["one_hot", "feature_traces", "kernel_traces", "nc1_features", "nc1_features_pinv",
-           "nc1_kernel", "traces_from_block_sums", "relative_nc1", "log10"]
+           "nc1_pinv_from_means", "nc1_kernel", "traces_from_block_sums", "relative_nc1", "log10"]
 
 
 def one_hot(labels: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
@@ -59,6 +59,27 @@ def nc1_features_pinv(H: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     sigma_b = between.transpose(-1, -2) @ between / C
     pinv = torch.linalg.pinv(sigma_b, hermitian=True)
     return (sigma_w * pinv.transpose(-1, -2)).sum((-1, -2)) / C
+
+
+def nc1_pinv_from_means(H: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Tr(Sigma_W Sigma_B^+) / C of features ``H`` ``(..., N, p)``, equal to
+    :func:`nc1_features_pinv` but in O(N p C) instead of O(p^3).
+
+    With M the ``(C, p)`` centred class means, Sigma_B = M^T M / C, so Sigma_B^+ = C M^+ M^+^T
+    with M^+ = M^T G^+, G = M M^T (C x C). Hence Tr(Sigma_W Sigma_B^+)/C = ||W M^T G^+||_F^2 / N,
+    W the within-class deviations. G has the non-zero eigenvalues of C Sigma_B, and G^+ drops the
+    eigenvalues below p * eps * max|eigenvalue|: the default cutoff of ``torch.linalg.pinv``
+    (hermitian) on the p x p Sigma_B that :func:`nc1_features_pinv` inverts.
+    """
+    means, Y = _class_means(H, labels)
+    within = H - Y @ means
+    M = means - H.mean(-2, keepdim=True)
+    evals, evecs = torch.linalg.eigh(M @ M.transpose(-1, -2))
+    tol = H.shape[-1] * torch.finfo(H.dtype).eps * evals.abs().amax(-1, keepdim=True)
+    inv = torch.where(evals.abs() > tol, 1.0 / evals, torch.zeros_like(evals))
+    G_pinv = (evecs * inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
+    B = (within @ M.transpose(-1, -2)) @ G_pinv  # (..., N, C)
+    return B.pow(2).sum((-1, -2)) / H.shape[-2]
 
 
 def kernel_traces(K: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,40 +23,16 @@ hidden layer are the input of phi, i.e. after batch norm when it is on.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from . import activations
 from .data import draw_seed
+from .params import NetworkParams
 
-__all__ = ["ACTIVATION_FUNCTIONS", "FCNEnsemble", "network_seed", "seed_int", "erf"]
+__all__ = ["FCNEnsemble", "network_seed", "seed_int"]
 
 BN_EPS = 1e-5
-_ERF_SLOPE = 2.0 / math.sqrt(math.pi)
-
-
-class _Erf(torch.autograd.Function):
-    """erf with a backward of fewer memory passes than autograd's: (2/sqrt(pi)) exp(-z^2) g,
-    computed in place on one temporary (the activations are the largest tensors of a step)."""
-
-    @staticmethod
-    def forward(ctx, z):
-        ctx.save_for_backward(z)
-        return torch.erf(z)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (z,) = ctx.saved_tensors
-        return torch.mul(z, z).neg_().exp_().mul_(grad).mul_(_ERF_SLOPE)
-
-
-def erf(z: torch.Tensor) -> torch.Tensor:
-    """``torch.erf`` with the same values and gradient (see :class:`_Erf`)."""
-    return _Erf.apply(z)
-
-
-ACTIVATION_FUNCTIONS = {"erf": erf, "relu": torch.relu}
 
 
 def seed_int(seed_sequence: np.random.SeedSequence) -> int:
@@ -74,32 +50,32 @@ def network_seed(seed: int, class_sizes, d: int, repeat: int) -> int:
 class FCNEnsemble(torch.nn.Module):
     """R independent L-layer fully-connected networks evaluated in one batched pass.
 
+    ``net`` (the paper's by default) gives L, the activation and the init stds; ``hidden_features``
+    is the width h of every hidden layer, ``out_features`` the number of outputs.
+
     Parameters (all ``torch.nn.Parameter``, leading dimension R):
     ``weights[l]``: ``(R, out_l, in_l)``; ``biases[l]``: ``(R, out_l)``; with batch norm also
     ``bn_scales[l]``, ``bn_shifts[l]``: ``(R, h)`` for each hidden layer.
     """
 
-    def __init__(self, seeds, in_features: int, hidden_features: int, out_features: int = 1,
-                 num_layers: int = 2, activation: str = "erf", hidden_weight_std: float = 1.0,
-                 final_weight_std: float = 1.0, bias_std: float = 0.0, use_batch_norm: bool = False,
-                 dtype=torch.float32, device="cpu"):
+    def __init__(self, seeds, in_features: int, hidden_features: int, *, out_features: int = 1,
+                 net: NetworkParams = NetworkParams(), use_batch_norm: bool = False, dtype=torch.float32,
+                 device="cpu"):
         super().__init__()
+        num_layers = net.L
         if num_layers < 2:
             raise ValueError(f"num_layers must be >= 2 (one hidden layer at least), got {num_layers}")
-        if activation not in ACTIVATION_FUNCTIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATION_FUNCTIONS)}")
+        self.phi = activations.get(net.activation).phi
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ValueError("an ensemble needs at least one seed")
         self.in_features, self.hidden_features, self.out_features = in_features, hidden_features, out_features
-        self.num_layers, self.activation, self.use_batch_norm = num_layers, activation, use_batch_norm
-        self.hidden_weight_std, self.final_weight_std, self.bias_std = hidden_weight_std, final_weight_std, bias_std
-        self.phi = ACTIVATION_FUNCTIONS[activation]
+        self.net, self.use_batch_norm = net, use_batch_norm
         widths = [in_features] + [hidden_features] * (num_layers - 1) + [out_features]
         self.widths = widths
-        stds = [hidden_weight_std / in_features**0.5]
-        stds += [hidden_weight_std / hidden_features**0.5] * (num_layers - 2)
-        stds += [final_weight_std / hidden_features**0.5]
+        stds = [net.hidden_weight_std / in_features**0.5]
+        stds += [net.hidden_weight_std / hidden_features**0.5] * (num_layers - 2)
+        stds += [net.final_weight_std / hidden_features**0.5]
         weights = [[] for _ in range(num_layers)]
         biases = [[] for _ in range(num_layers)]
         for seed in self.seeds:
@@ -107,7 +83,7 @@ class FCNEnsemble(torch.nn.Module):
             for l in range(num_layers):
                 fan_in, fan_out = widths[l], widths[l + 1]
                 weights[l].append(torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64) * stds[l])
-                biases[l].append(torch.randn(fan_out, generator=gen, dtype=torch.float64) * bias_std)
+                biases[l].append(torch.randn(fan_out, generator=gen, dtype=torch.float64) * net.bias_std)
         opts = dict(dtype=dtype, device=device)
         self.weights = torch.nn.ParameterList([torch.nn.Parameter(torch.stack(w).to(**opts)) for w in weights])
         self.biases = torch.nn.ParameterList([torch.nn.Parameter(torch.stack(b).to(**opts)) for b in biases])
@@ -121,6 +97,14 @@ class FCNEnsemble(torch.nn.Module):
     @property
     def num_networks(self) -> int:
         return len(self.seeds)
+
+    @property
+    def num_layers(self) -> int:
+        return self.net.L
+
+    @property
+    def activation(self) -> str:
+        return self.net.activation
 
     def _batch_norm(self, z, l, params):
         mean = z.mean(-2, keepdim=True)

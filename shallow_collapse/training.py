@@ -15,23 +15,25 @@ Divergence: a network whose loss (on a batch, or at a probe) is NaN or infinite 
 ``diverged`` with the epoch it happened in; from then on it is excluded from the objective and
 its probes are NaN, while the other networks keep training. When every network has diverged the
 loop stops early. Nothing raises for a numerical failure.
+
+What to train and probe comes as parameter groups (:class:`~shallow_collapse.params.SGDParams`,
+:class:`~shallow_collapse.params.ProbeParams`); :func:`train` returns a :class:`TrainResult`.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import kernels as kernels_mod
-from . import metrics
+from . import activations, metrics
 from .data import one_hot_targets, scalar_targets
 from .model import FCNEnsemble, seed_int
+from .params import ProbeParams, SGDParams
 
-__all__ = ["make_targets", "predicted_classes", "probe", "probe_limiting_kernels", "train",
-           "probe_epochs", "weight_spectra", "nc1_pinv_from_means"]
+__all__ = ["make_targets", "predicted_classes", "probe", "train", "TrainResult", "probe_epochs", "weight_spectra"]
 
 
 def make_targets(labels: torch.Tensor, num_classes: int, out_features: int) -> torch.Tensor:
@@ -82,28 +84,6 @@ def _safe_metric(fn, H, labels, ok):
     return out
 
 
-def nc1_pinv_from_means(H: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Tr(Sigma_W Sigma_B^+) / C of features ``H`` ``(..., N, p)``, equal to
-    :func:`metrics.nc1_features_pinv` but in O(N p C) instead of O(p^3).
-
-    With M the ``(C, p)`` centred class means, Sigma_B = M^T M / C, so Sigma_B^+ = C M^+ M^+^T
-    with M^+ = M^T G^+, G = M M^T (C x C). Hence Tr(Sigma_W Sigma_B^+)/C = ||W M^T G^+||_F^2 / N,
-    W the within-class deviations. G has the non-zero eigenvalues of C Sigma_B, and G^+ drops the
-    eigenvalues below p * eps * max|eigenvalue|: the default cutoff of ``torch.linalg.pinv``
-    (hermitian) on the p x p Sigma_B that the metric function inverts.
-    """
-    Y = metrics.one_hot(labels.to(H.device), H.dtype)
-    means = (Y.T @ H) / Y.sum(0).unsqueeze(-1)  # (..., C, p)
-    within = H - Y @ means
-    M = means - H.mean(-2, keepdim=True)
-    evals, evecs = torch.linalg.eigh(M @ M.transpose(-1, -2))
-    tol = H.shape[-1] * torch.finfo(H.dtype).eps * evals.abs().amax(-1, keepdim=True)
-    inv = torch.where(evals.abs() > tol, 1.0 / evals, torch.zeros_like(evals))
-    G_pinv = (evecs * inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
-    B = (within @ M.transpose(-1, -2)) @ G_pinv  # (..., N, C)
-    return B.pow(2).sum((-1, -2)) / H.shape[-2]
-
-
 def weight_spectra(model: FCNEnsemble) -> dict[str, np.ndarray]:
     """Eigenvalues of W_l^T W_l (descending), ``{"W{l}": (R, min(out_l, in_l))}``, in float64.
 
@@ -140,7 +120,7 @@ def probe(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
 
     Returns ``loss`` and ``accuracy`` ``(R,)``; with ``features`` also ``nc1`` and ``nc1_pinv``:
     ``{name: (R,)}`` for every feature map of :meth:`FCNEnsemble.forward` (metrics.nc1_features
-    and :func:`nc1_pinv_from_means`, equal to metrics.nc1_features_pinv); with ``weights`` also
+    and metrics.nc1_pinv_from_means, equal to metrics.nc1_features_pinv); with ``weights`` also
     ``spectra`` (see :func:`weight_spectra`).
     Networks with ``ok[r]`` False (diverged) get NaN everywhere; a network whose float64 loss is
     not finite is reported with ``finite[r]`` False.
@@ -159,32 +139,11 @@ def probe(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
     if features:
         lab = labels.to(f.device)
         out["nc1"] = {name: _safe_metric(metrics.nc1_features, H, lab, ok) for name, H in feats.items()}
-        out["nc1_pinv"] = {name: _safe_metric(nc1_pinv_from_means, H, lab, ok) for name, H in feats.items()}
+        out["nc1_pinv"] = {name: _safe_metric(metrics.nc1_pinv_from_means, H, lab, ok) for name, H in feats.items()}
     if weights:
         spectra = weight_spectra(model)
         out["spectra"] = {k: np.where(ok[:, None], v, np.nan) for k, v in spectra.items()}
     return out
-
-
-@torch.no_grad()
-def probe_limiting_kernels(X: torch.Tensor, labels: torch.Tensor, L: int, activation: str,
-                           hidden_weight_std: float, final_weight_std: float, bias_std: float) -> dict:
-    """Limiting kernels of data ``X`` ``(N, d)`` (kernels.limiting_kernels, float64) with their NC1.
-
-    Returns ``{name: {"kernel": (N, N), "eigenvalues": (N,) descending, "nc1": float}}`` for the
-    names of :func:`kernels.kernel_names` (``pre{l}``, ``post{l}``, ``ntk``).
-    """
-    lk = kernels_mod.limiting_kernels(X.to(torch.float64), L, activation, hidden_weight_std,
-                                      final_weight_std, bias_std)
-    out = {}
-    for name, K in zip(kernels_mod.kernel_names(L), [*lk.pre, *lk.post, lk.ntk]):
-        eig = torch.linalg.eigvalsh(K).flip(-1)
-        out[name] = {"kernel": K.cpu().numpy(), "eigenvalues": eig.cpu().numpy(),
-                     "nc1": float(metrics.nc1_kernel(K, labels.to(K.device)))}
-    return out
-
-
-_ERF_SLOPE = 2.0 / math.sqrt(math.pi)
 
 
 def _worker_init():
@@ -200,7 +159,8 @@ class TwoLayerGradients:
     ``(R, chunk, h)`` activations stay in cache and no large tensor is allocated per step.
 
     For f = W2 phi(z) + b2, z = W1 x + b1, per-network loss mean((f - y)^2) and r = d loss/d f:
-    grad W2 = r^T a, grad b2 = sum r, and with t = phi'(z) (erf: (2/sqrt pi) exp(-z^2); ReLU: 1[z>0])
+    grad W2 = r^T a, grad b2 = sum r, and with t = phi'(z) (erf: (2/sqrt pi) exp(-z^2); ReLU: 1[z>0];
+    see :mod:`shallow_collapse.activations`)
     dz = t o (r W2). For one output dz = t o r w2^T, so grad W1 = w2 o (t^T (r o X)) and
     grad b1 = w2 o (t^T r): one batched product with [r o X, r] per chunk and no pass over dz.
     Every quantity is a sum over samples, so chunks accumulate exactly what one pass would.
@@ -244,7 +204,7 @@ class TwoLayerGradients:
         W1, b1, W2, b2 = m.weights[0], m.biases[0], m.weights[1], m.biases[1]
         R, B, d = xb.shape
         h, o = W1.shape[1], W2.shape[1]
-        erf = m.activation == "erf"
+        act = activations.get(m.activation)
         b1u, b2u, W1t, W2t = b1.unsqueeze(-2), b2.unsqueeze(-2), W1.transpose(-1, -2), W2.transpose(-1, -2)
         sq = W1.new_zeros(R)
         gW2, gb2 = torch.zeros_like(W2), torch.zeros_like(b2)
@@ -254,19 +214,13 @@ class TwoLayerGradients:
             x = xb[:, s:s + rows]
             z, a = self._buffers(worker, (R, x.shape[1], h), W1)
             torch.baddbmm(b1u, x, W1t, out=z)
-            if erf:
-                torch.erf(z, out=a)
-            else:
-                torch.clamp(z, min=0.0, out=a)
+            act.phi_out(z, a)
             res = torch.baddbmm(b2u, a, W2t).sub_(tb[:, s:s + rows])  # (R, n, o)
             sq += res.square().sum((-2, -1))
             r = res.mul_(weight)
             gW2.baddbmm_(r.transpose(-1, -2), a)
             gb2 += r.sum(-2)
-            if erf:  # t = exp(-z^2) in place; the slope 2/sqrt(pi) is applied at the end
-                t = torch.addcmul(self.zero, z, z, value=-1.0, out=z).exp_()
-            else:
-                t = z.gt_(0.0)
+            t = act.dphi_(z, self.zero)  # phi'(z) / slope in place; the slope is applied at the end
             if o == 1:
                 G.baddbmm_(t.transpose(-1, -2), torch.cat([r * x, r], -1))
             else:
@@ -300,7 +254,7 @@ class TwoLayerGradients:
             else:
                 gW1 += p[4]
                 gb1 += p[5]
-        slope = _ERF_SLOPE if m.activation == "erf" else 1.0
+        slope = activations.get(m.activation).slope
         W2.grad, b2.grad = gW2, gb2
         if o == 1:
             w2 = W2.transpose(-1, -2) * slope  # (R, h, 1)
@@ -317,33 +271,56 @@ def _shuffle_generators(seeds):
     return [torch.Generator().manual_seed(seed_int(np.random.SeedSequence([s, 0x5EED]))) for s in seeds]
 
 
-def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, *,
-          lr: float, num_epochs: int, momentum: float = 0.0, weight_decay: float = 0.0,
-          batch_size: int | None = None, probing_frequency: int | None = None,
-          probe_features: bool = True, probe_weights: bool = True, probe_kernels: bool = False,
-          num_classes: int | None = None, probe_init: bool = True, fast_path: bool = True,
-          log: logging.Logger | None = None) -> dict:
-    """Train every network of ``model`` with SGD on the MSE loss and probe it along the way.
+@dataclass
+class TrainResult:
+    """What :func:`train` records (NumPy arrays and lists; R networks, P probes, E epochs run).
+
+    ``epochs``: the P probe epochs; ``train_loss`` ``(E, R)``: mean batch loss of each epoch run;
+    ``loss``/``accuracy`` ``(P, R)``; ``data_nc1``/``data_nc1_pinv`` ``(R,)``: NC1 of the inputs;
+    ``status`` (``ok``/``diverged`` per network) and ``diverged_epoch``; ``final_loss``,
+    ``final_accuracy`` ``(R,)``; ``initial_output``/``final_output`` ``(R, N, out)`` (float64 network
+    outputs; the first is None without the init probe); ``num_classes``; ``seconds``.
+    With ``probe_features``: ``nc1``/``nc1_pinv`` ``{name: (P, R)}`` and ``final_nc1``/``final_nc1_pinv``
+    ``{name: (R,)}`` for every feature map; with ``probe_weights``: ``spectra`` ``{"W{l}": (P, R, k)}``
+    and ``gram_init``/``gram_final`` ``{"W{l}": (R, in, in)}`` (None otherwise).
+    """
+
+    epochs: list
+    train_loss: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    data_nc1: np.ndarray
+    data_nc1_pinv: np.ndarray
+    status: list
+    diverged_epoch: list
+    final_loss: np.ndarray
+    final_accuracy: np.ndarray
+    initial_output: np.ndarray | None
+    final_output: np.ndarray
+    num_classes: int
+    seconds: float
+    nc1: dict | None = None
+    nc1_pinv: dict | None = None
+    final_nc1: dict | None = None
+    final_nc1_pinv: dict | None = None
+    spectra: dict | None = None
+    gram_init: dict | None = None
+    gram_final: dict | None = None
+
+
+def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+          sgd: SGDParams = SGDParams(), probes: ProbeParams = ProbeParams(), *, num_classes: int | None = None,
+          probe_init: bool = True, fast_path: bool = True, log: logging.Logger | None = None) -> TrainResult:
+    """Train every network of ``model`` with SGD (``sgd``) on the MSE loss and probe it (``probes``).
 
     ``X``: ``(N, d)`` shared by all networks or ``(R, N, d)`` one data set per network;
     ``targets``: ``(N,)`` or ``(N, out)`` with a shared ``X``, ``(R, N)`` or ``(R, N, out)`` with
     per-network ``X`` (a 1-D or ``(R, N)`` target is a scalar output); ``labels``: ``(N,)`` class of each
-    sample (the same for every network). ``batch_size`` None or >= N means full batch.
+    sample (the same for every network).
     Probes (float64, see :func:`probe`) run at the epochs of :func:`probe_epochs` (without epoch 0
     when ``probe_init`` is False, e.g. in sweeps that only report the trained network).
     Two-layer networks without batch norm take their gradients from :class:`TwoLayerGradients`
     (``fast_path``, default) instead of autograd; the SGD update is ``torch.optim.SGD`` either way.
-
-    Returns a record (NumPy arrays and lists) with
-    ``epochs`` (P probe epochs), ``train_loss`` ``(E, R)`` (mean batch loss of each epoch run),
-    ``loss``/``accuracy`` ``(P, R)``, ``nc1``/``nc1_pinv`` ``{name: (P, R)}`` (with
-    ``probe_features``), ``spectra`` ``{"W{l}": (P, R, k)}`` and ``gram_init``/``gram_final``
-    ``{"W{l}": (R, in, in)}`` (with ``probe_weights``), ``data_nc1`` ``(R,)`` (both forms),
-    ``status`` (``ok``/``diverged`` per network), ``diverged_epoch``, ``final_loss``,
-    ``final_accuracy``, ``final_nc1``/``final_nc1_pinv`` ``{name: (R,)}``,
-    ``initial_output``/``final_output`` ``(R, N, out)`` (float64 network outputs; the first is
-    None without ``probe_init``), ``seconds``, and with ``probe_kernels`` ``kernels``: one
-    :func:`probe_limiting_kernels` dict per distinct data set.
     """
     log = log or logging.getLogger(__name__)
     start = time.perf_counter()
@@ -362,10 +339,8 @@ def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
     if fast is not None and fast.workers > 1:
         torch.set_num_threads(1)
     try:
-        return _train(model, X, targets, labels, lr=lr, num_epochs=num_epochs, momentum=momentum,
-                      weight_decay=weight_decay, batch_size=batch_size, probing_frequency=probing_frequency,
-                      probe_features=probe_features, probe_weights=probe_weights, probe_kernels=probe_kernels,
-                      num_classes=num_classes, probe_init=probe_init, fast=fast, log=log, start=start)
+        return _train(model, X, targets, labels, sgd, probes, num_classes=num_classes, probe_init=probe_init,
+                      fast=fast, log=log, start=start)
     finally:
         if fast is not None:
             fast.close()
@@ -373,8 +348,9 @@ def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
         torch.set_flush_denormal(False)
 
 
-def _train(model, X, targets, labels, *, lr, num_epochs, momentum, weight_decay, batch_size, probing_frequency,
-           probe_features, probe_weights, probe_kernels, num_classes, probe_init, fast, log, start):
+def _train(model, X, targets, labels, sgd, probes, *, num_classes, probe_init, fast, log, start):
+    num_epochs, batch_size = sgd.num_epochs, sgd.batch_size
+    probe_features, probe_weights = probes.probe_features, probes.probe_weights
     R = model.num_networks
     p0 = model.weights[0]
     device, dtype = p0.device, p0.dtype
@@ -395,7 +371,7 @@ def _train(model, X, targets, labels, *, lr, num_epochs, momentum, weight_decay,
     gens = None if full_batch else _shuffle_generators(model.seeds)
     rows = torch.arange(R, device=device).unsqueeze(-1)
 
-    epochs = probe_epochs(num_epochs, probing_frequency)
+    epochs = probe_epochs(num_epochs, probes.probing_frequency)
     alive = torch.ones(R, dtype=torch.bool, device=device)
     status = ["ok"] * R
     diverged_epoch: list[int | None] = [None] * R
@@ -408,11 +384,6 @@ def _train(model, X, targets, labels, *, lr, num_epochs, momentum, weight_decay,
     lab = labels.to(device)
     record["data_nc1"] = metrics.nc1_features(X64, lab).cpu().numpy()
     record["data_nc1_pinv"] = metrics.nc1_features_pinv(X64, lab).cpu().numpy()
-    if probe_kernels:
-        sets = [X64[0]] if X.dim() == 2 else list(X64)
-        record["kernels"] = [probe_limiting_kernels(x, labels, model.num_layers, model.activation,
-                                                    model.hidden_weight_std, model.final_weight_std,
-                                                    model.bias_std) for x in sets]
 
     def mark_diverged(newly, epoch):
         for r in newly:
@@ -438,7 +409,7 @@ def _train(model, X, targets, labels, *, lr, num_epochs, momentum, weight_decay,
                  np.array2string(res["accuracy"], precision=3))
         return res
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
     zero = torch.zeros((), dtype=dtype, device=device)
     train_loss = torch.zeros(num_epochs, R, dtype=torch.float64, device=device)
     last = do_probe(0) if probe_init else None
@@ -494,4 +465,4 @@ def _train(model, X, targets, labels, *, lr, num_epochs, momentum, weight_decay,
         record["final_nc1_pinv"] = {name: v for name, v in last["nc1_pinv"].items()}
     record["num_classes"] = C
     record["seconds"] = time.perf_counter() - start
-    return record
+    return TrainResult(**record)

@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import brentq
 
-from shallow_collapse import data, eos, kernels, metrics
+from shallow_collapse import activations, data, eos, kernels, metrics
+from shallow_collapse.params import EoSParams, NetworkParams
 
-# The paper's AK hyper-parameters (configs/adaptive_kernels*.yml).
-PAPER = dict(sigw2=1.0, siga2=1.0 / 128, sig2=1e-6, h=500)
-SCHEDULE = [1e5, 1e4, 2e3, 1e3]
+# The paper's AK hyper-parameters (configs/adaptive_kernels*.yml) are the defaults.
+PAPER = EoSParams()
+SCHEDULE = (1e5, 1e4, 2e3, 1e3)
+
+
+def paper(**changes) -> EoSParams:
+    """The paper's EoS parameters with ``changes``."""
+    return replace(PAPER, **changes)
 
 
 def paper_data(N, d, seed=0, repeat=0):
@@ -29,7 +36,7 @@ def dense_action(X, y, Sigma, chi, *, activation="erf", sigw2=1.0, siga2=1.0 / 1
     """S(Sigma) written independently of the solver: plain torch ops (differentiable), a dense
     solve and slogdet instead of the Cholesky path, and no closed-form gradient."""
     N, d = X.shape
-    M = siga2 * eos.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
+    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
     prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
     return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
 
@@ -47,16 +54,16 @@ def dense_derivative_1d(X, y, s, chi, **params):
 @pytest.mark.parametrize("sig2", [0.1, 1e-6])
 def test_closed_form_gradient_matches_autograd(activation, sig2):
     ds = data.gaussian_data((20, 20), 3, (-2.0, 2.0), (0.5, 0.5), 1, 0)
-    ev = eos.EoSEvaluator(ds.X, ds.y, activation=activation, sigw2=1.0, siga2=0.3, sig2=sig2)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.3, sig2=sig2), activation=activation)
     S = random_sigma(3)
     state = ev.state(S)
     # Independent reference: dense inverse for A, autograd through Q(Sigma) with A held fixed.
-    Q_ref = 0.3 * eos.kernel_phi(ds.X @ S @ ds.X.T, activation)
+    Q_ref = 0.3 * activations.kernel_phi(ds.X @ S @ ds.X.T, activation)
     M_inv = torch.linalg.inv(Q_ref + sig2 * torch.eye(40, dtype=torch.float64))
     alpha = M_inv @ ds.y
     A = M_inv - torch.outer(alpha, alpha)
     S_var = S.clone().requires_grad_(True)
-    (A * (0.3 * eos.kernel_phi(ds.X @ S_var @ ds.X.T, activation))).sum().backward()
+    (A * (0.3 * activations.kernel_phi(ds.X @ S_var @ ds.X.T, activation))).sum().backward()
     grad = 0.5 * (S_var.grad + S_var.grad.T)  # the gradient on symmetric matrices
     # float64 sums of O(N^2) terms: round-off ~ N^2 eps |A||Q| relative to the largest entry; with
     # sig2 = 1e-6 the entries of A reach ~1e12 and cancel, hence a relative 1e-8 (observed ~1e-14
@@ -70,15 +77,15 @@ def test_closed_form_gradient_matches_autograd(activation, sig2):
 def test_q_matches_the_foundation_kernel_maps(activation):
     ds = paper_data(32, 4)
     S = random_sigma(4, seed=2)
-    state = eos.EoSEvaluator(ds.X, ds.y, activation=activation, siga2=0.5, sig2=1e-3).state(S)
-    Kphi, _ = kernels.activation_maps(ds.X @ S @ ds.X.T, activation)
+    state = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-3), activation=activation).state(S)
+    Kphi, _ = activations.get(activation).maps(ds.X @ S @ ds.X.T)
     # Same float64 formula written twice (asin vs asin, atan2 vs atan2): round-off only.
     assert torch.allclose(state.Q, 0.5 * Kphi, rtol=0, atol=1e-12)
 
 
 def test_alpha_fbar_and_target_shapes():
     ds = paper_data(64, 2)
-    ev = eos.EoSEvaluator(ds.X, ds.y, sig2=1e-3)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(sig2=1e-3))
     state = ev.state(ev.nngp_sigma())
     N = 64
     assert state.alpha.shape == (N,) and state.fbar.shape == (N,) and state.Q.shape == (N, N)
@@ -89,7 +96,7 @@ def test_alpha_fbar_and_target_shapes():
     # An (N, 1) target would broadcast y - fbar into an (N, N) matrix: it must be refused.
     with pytest.raises(ValueError, match="y must be"):
         eos.EoSEvaluator(ds.X, ds.y[:, None])
-    result = eos.solve_eos(ds.X, ds.y, **PAPER)
+    result = eos.solve_eos(ds.X, ds.y)
     assert result.alpha.shape == (N,) and result.fbar.shape == (N,) and result.fbar0.shape == (N,)
 
 
@@ -97,7 +104,7 @@ def test_label_term_is_alpha_alpha_t_not_sig2_scaled():
     """A = M^{-1} - alpha alpha^T with alpha alpha^T = (y - fbar)(y - fbar)^T / sig2^2."""
     ds = paper_data(48, 2)
     sig2 = 1e-2
-    ev = eos.EoSEvaluator(ds.X, ds.y, sig2=sig2, siga2=0.5)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(sig2=sig2, siga2=0.5))
     S = random_sigma(2, seed=4)
     state = ev.state(S)
     M_inv = torch.linalg.inv(state.Q + sig2 * torch.eye(48, dtype=torch.float64))
@@ -105,7 +112,7 @@ def test_label_term_is_alpha_alpha_t_not_sig2_scaled():
     for A, expected in ((M_inv - torch.outer(residual, residual) / sig2**2, True),
                         (M_inv - sig2 * torch.outer(residual, residual), False)):
         S_var = S.clone().requires_grad_(True)
-        (A * (0.5 * eos.kernel_phi(ds.X @ S_var @ ds.X.T, "erf"))).sum().backward()
+        (A * (0.5 * activations.kernel_phi(ds.X @ S_var @ ds.X.T, "erf"))).sum().backward()
         grad = 0.5 * (S_var.grad + S_var.grad.T)
         # tolerance as in test_closed_form_gradient_matches_autograd; the sig2-scaled variant
         # differs by O(1) relative, far outside it.
@@ -125,9 +132,10 @@ def test_unusable_sigma_raises_evaluation_error():
 def test_action_and_gradient_match_autograd_and_finite_differences(activation, sig2):
     ds = paper_data(40, 3, seed=2)
     params = dict(activation=activation, sigw2=1.0, siga2=0.3, sig2=sig2)
+    p = paper(siga2=0.3, sig2=sig2)
     S = random_sigma(3, seed=5) / 3
     chi = 50.0
-    value, grad = eos.action(ds.X, ds.y, S, chi, **params)
+    value, grad = eos.action(ds.X, ds.y, S, chi, p, activation=activation)
     S_var = S.clone().requires_grad_(True)
     ref = dense_action(ds.X, ds.y, S_var, chi, **params)
     ref.backward()
@@ -145,8 +153,8 @@ def test_action_and_gradient_match_autograd_and_finite_differences(activation, s
     D = torch.randn(3, 3, generator=g, dtype=torch.float64)
     D = (D + D.T) * float(S.abs().max())
     eps = 1e-5
-    plus, _ = eos.action(ds.X, ds.y, S + eps * D, chi, **params)
-    minus, _ = eos.action(ds.X, ds.y, S - eps * D, chi, **params)
+    plus, _ = eos.action(ds.X, ds.y, S + eps * D, chi, p, activation=activation)
+    minus, _ = eos.action(ds.X, ds.y, S - eps * D, chi, p, activation=activation)
     slope = float((grad * D).sum())
     assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
 
@@ -155,7 +163,7 @@ def test_stationary_points_of_the_action_solve_the_eos():
     """grad S = (chi/2)(P - Sigma^{-1}) with P the precision of the map: zero exactly where
     Sigma = Sigma_new, for any Sigma (an identity, checked at random points)."""
     ds = paper_data(32, 3)
-    ev = eos.EoSEvaluator(ds.X, ds.y, siga2=0.2, sig2=1e-3)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.2, sig2=1e-3))
     for seed in range(3):
         state = ev.state(random_sigma(3, seed))
         chi = 20.0
@@ -182,7 +190,7 @@ def test_d1_solution_is_the_brute_force_minimum_of_the_action(N):
     assert 0 < i < len(grid) - 1  # an interior minimum, not a collapse toward either end
     s_star = brentq(lambda s: dense_derivative_1d(ds.X, ds.y, s, chi, **params), grid[i - 1], grid[i + 1],
                     xtol=1e-14, rtol=1e-13)
-    result = eos.solve_eos(ds.X, ds.y, **params, h=chi)
+    result = eos.solve_eos(ds.X, ds.y, paper(h=chi))
     assert result.status == "ok" and result.certified
     # Both points solve the same scalar equation to ~1e-9 (rtol 1e-8 of the solver, through a
     # conditioning of ~1/34 at d = 1: the map's slope is -33 there), so 1e-6 is a wide margin; a
@@ -199,13 +207,13 @@ def test_converged_solution_satisfies_the_eos(strategy, activation):
     rtol = 1e-8
     # ReLU with the paper's sig2 = 1e-6 loses the annealed fixed-point branch near chi ~ 5000;
     # the fixed-point strategies are checked with sig2 = 1e-3 there (minimize handles 1e-6 below).
-    params = {**PAPER, "sig2": 1e-6 if activation == "erf" else 1e-3}
-    result = eos.solve_eos(ds.X, ds.y, activation=activation, **params, annealing_factors=SCHEDULE,
-                           strategy=strategy, rtol=rtol)
+    params = paper(sig2=1e-6 if activation == "erf" else 1e-3)
+    result = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE, strategy=strategy, rtol=rtol),
+                           activation=activation)
     assert result.converged and result.status == "ok" and result.factor == 500
     # Re-evaluate from scratch with a fresh evaluator: the same float64 arithmetic on one thread,
     # so the residual is the solver's own up to run-to-run BLAS round-off (<< 1% of rtol).
-    ev = eos.EoSEvaluator(ds.X, ds.y, activation=activation, sigw2=1.0, siga2=1 / 128, sig2=params["sig2"])
+    ev = eos.EoSEvaluator(ds.X, ds.y, params, activation=activation)
     state = ev.state(result.Sigma)
     assert ev.rel_residual(state, 500.0) <= 1.01 * rtol
     assert math.isclose(ev.action(state, 500.0), result.action, rel_tol=1e-12)
@@ -218,7 +226,7 @@ def test_converged_solution_satisfies_the_eos(strategy, activation):
 @pytest.mark.parametrize("d", [1, 8, 32])
 def test_relu_with_the_papers_sig2_converges(d):
     ds = paper_data(256, d)
-    result = eos.solve_eos(ds.X, ds.y, activation="relu", **PAPER)
+    result = eos.solve_eos(ds.X, ds.y, activation="relu")
     assert result.status == "ok" and result.certified and result.rel_residual <= 1e-8
 
 
@@ -228,10 +236,10 @@ def test_relu_with_the_papers_sig2_converges(d):
 def test_every_strategy_agrees_with_the_default(strategy, activation, d, sig2):
     """Cells where the earlier default (anderson) converged away from Sigma -> 0 (d >= 2)."""
     ds = paper_data(128, d, seed=1)
-    params = {**PAPER, "sig2": sig2}
-    default = eos.solve_eos(ds.X, ds.y, activation=activation, **params)
-    other = eos.solve_eos(ds.X, ds.y, activation=activation, **params, annealing_factors=SCHEDULE,
-                          strategy=strategy)
+    params = paper(sig2=sig2)
+    default = eos.solve_eos(ds.X, ds.y, params, activation=activation)
+    other = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE, strategy=strategy),
+                          activation=activation)
     assert default.status == "ok" and other.status == "ok"
     # Two points within rtol = 1e-8 of one fixed point; NC1 is smooth in Sigma (observed gaps
     # ~1e-9), so 1e-6 fails only for a different solution.
@@ -244,17 +252,17 @@ def two_well_problem():
     """d = 1 data whose action at chi = 10 has two local minima (found by a scan of S over
     s in [1e-6, 1e3]): s ~ 0.18 (S ~ 19812.6) and s ~ 10.9 (S ~ 19679.3, the global one)."""
     ds = data.gaussian_data((32, 32), 1, (-1.0, 1.0), (1.5, 1.5), 0, 0)
-    return ds, dict(sigw2=1.0, siga2=1.0 / 128, sig2=1e-3, h=10.0)
+    return ds, paper(sig2=1e-3, h=10.0)
 
 
 def test_two_local_minima_the_least_action_wins():
     ds, params = two_well_problem()
     factors = [1e4, 1e3, 1e2, 30.0]
     # newton-krylov's annealed branch ends in the shallower well; minimize finds the deeper one.
-    alone = eos.solve_eos(ds.X, ds.y, **params, annealing_factors=factors, strategy="newton-krylov")
+    alone = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors, strategy="newton-krylov"))
     assert alone.status == "ok" and float(alone.Sigma) < 1.0
-    both = eos.solve_eos(ds.X, ds.y, **params, annealing_factors=factors, strategy="newton-krylov",
-                         candidates=("minimize",))
+    both = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors, strategy="newton-krylov",
+                                             candidates=("minimize",)))
     assert both.status == "ok" and float(both.Sigma) > 5.0 and both.action < alone.action - 100
     assert both.origin.startswith("minimize") and "least action" in both.message
     assert [c.converged for c in both.candidates] == [True, True]
@@ -270,10 +278,9 @@ def test_two_local_minima_the_least_action_wins():
 
 def test_certificate_tells_minima_from_the_maximum_between_them():
     ds, params = two_well_problem()
-    chi = params["h"]
-    p = {k: v for k, v in params.items() if k != "h"}
-    ev = eos.EoSEvaluator(ds.X, ds.y, **p)
-    deriv = lambda s: dense_derivative_1d(ds.X, ds.y, s, chi, **p)  # noqa: E731
+    chi = params.h
+    ev = eos.EoSEvaluator(ds.X, ds.y, params)
+    deriv = lambda s: dense_derivative_1d(ds.X, ds.y, s, chi, sig2=params.sig2)  # noqa: E731
     # Stationary points by bracketed roots of dS/ds: the two wells and the barrier between them.
     points = [brentq(deriv, a, b, xtol=1e-14) for a, b in ((0.05, 0.5), (0.5, 5.0), (5.0, 30.0))]
     curvatures = [eos._curvature(ev, ev.state(torch.tensor([[s]], dtype=torch.float64)), chi) for s in points]
@@ -283,8 +290,8 @@ def test_certificate_tells_minima_from_the_maximum_between_them():
 def test_non_convergence_is_reported_and_never_ok():
     ds = paper_data(64, 4)
     for strategy in eos.STRATEGIES:
-        result = eos.solve_eos(ds.X, ds.y, **PAPER, annealing_factors=[1e3], strategy=strategy,
-                               rtol=1e-14, maxiter=1, max_subdivisions=1)
+        result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=(1e3,), strategy=strategy, rtol=1e-14, maxiter=1,
+                                                 max_subdivisions=1))
         assert not result.converged and result.status == "not_converged" and not result.certified
         assert result.rel_residual > 1e-14 and result.failed_factor is not None
         assert "did not converge" in result.message
@@ -297,7 +304,8 @@ def test_subdivision_rescues_a_hard_step():
     # Straight from the NNGP limit to h fails for anderson on these data (it stalls in 5
     # iterations); inserted geometric factors make every step easy.
     ds = paper_data(128, 8)
-    result = eos.solve_eos(ds.X, ds.y, **PAPER, strategy="anderson", rtol=1e-6, maxiter=5, max_subdivisions=6)
+    result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=(), strategy="anderson", rtol=1e-6, maxiter=5,
+                                             max_subdivisions=6))
     assert result.converged
     assert any(not s.accepted for s in result.steps) and max(s.depth for s in result.steps) >= 1
     assert result.steps[-1].factor == 500 and result.steps[-1].accepted
@@ -306,16 +314,16 @@ def test_subdivision_rescues_a_hard_step():
 def test_huge_annealing_factor_stays_at_the_nngp_limit():
     ds = paper_data(128, 8)
     chi = 1e12
-    result = eos.solve_eos(ds.X, ds.y, **{**PAPER, "h": chi}, rtol=1e-12)
+    result = eos.solve_eos(ds.X, ds.y, paper(h=chi, rtol=1e-12))
     assert result.status == "ok"
-    ev = eos.EoSEvaluator(ds.X, ds.y, sigw2=1.0, siga2=1 / 128, sig2=1e-6)
+    ev = eos.EoSEvaluator(ds.X, ds.y)
     T0 = ev.state(ev.nngp_sigma()).T
     # Sigma = [(d/sigw2) I + T/chi]^{-1} = Sigma0 - Sigma0 (T/chi) Sigma0 + O(chi^-2): the
     # distance is bounded by (sigw2/d)^2 max|T| d / chi (x2 margin for the O(chi^-2) term).
     bound = 2 * (1.0 / 8) ** 2 * T0.abs().max() * 8 / chi
     assert (result.Sigma - result.Sigma0).abs().max() <= bound
     assert torch.equal(result.Sigma0, torch.eye(8, dtype=torch.float64) / 8)
-    nngp = kernels.limiting_kernels_nc1(ds.X, ds.labels, 2, "erf", 1.0, 1.0, 0.0)["post1"]
+    nngp = kernels.limiting_kernels_nc1(ds.X, ds.labels, NetworkParams(final_weight_std=1.0))["post1"]
     assert math.isclose(float(metrics.nc1_kernel(result.Q, ds.labels)), float(nngp), rel_tol=1e-7)
     assert math.isclose(float(metrics.nc1_kernel(result.Q0, ds.labels)), float(nngp), rel_tol=1e-10)
 
@@ -323,7 +331,7 @@ def test_huge_annealing_factor_stays_at_the_nngp_limit():
 @pytest.mark.parametrize("d", [2, 8, 32])
 def test_ak_collapses_more_than_the_nngp_on_paper_data(d):
     ds = paper_data(256, d)
-    result = eos.solve_eos(ds.X, ds.y, **PAPER)
+    result = eos.solve_eos(ds.X, ds.y)
     assert result.status == "ok"
     ak, nngp = (float(metrics.nc1_kernel(Q, ds.labels)) for Q in (result.Q, result.Q0))
     assert ak < 0.9 * nngp  # observed ratios 0.5-0.75 on these draws
@@ -332,7 +340,7 @@ def test_ak_collapses_more_than_the_nngp_on_paper_data(d):
 def test_annealed_minimize_reports_every_accepted_step_and_a_direct_candidate():
     ds = paper_data(64, 2)
     seen = []
-    result = eos.solve_eos(ds.X, ds.y, **PAPER, annealing_factors=SCHEDULE, anneal=True,
+    result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=SCHEDULE), anneal=True,
                            on_accept=lambda chi, state, step: seen.append((chi, state, step)))
     assert [chi for chi, _, _ in seen] == [math.inf, *SCHEDULE, 500.0]
     assert seen[0][2] is None and torch.equal(seen[0][1].Sigma, result.Sigma0)
@@ -346,7 +354,7 @@ def test_annealed_minimize_reports_every_accepted_step_and_a_direct_candidate():
 
 def test_solves_are_reproducible():
     ds = paper_data(128, 8)
-    a, b = (eos.solve_eos(ds.X, ds.y, **PAPER) for _ in range(2))
+    a, b = (eos.solve_eos(ds.X, ds.y) for _ in range(2))
     assert torch.equal(a.Sigma, b.Sigma) and a.evaluations == b.evaluations
 
 
@@ -354,7 +362,7 @@ def test_solves_are_reproducible():
 @pytest.mark.parametrize("strategy", eos.STRATEGIES)
 def test_cuda_matches_cpu(strategy):
     ds = paper_data(128, 4)
-    cpu, gpu = (eos.solve_eos(ds.X, ds.y, **PAPER, annealing_factors=SCHEDULE, strategy=strategy, device=dev)
+    cpu, gpu = (eos.solve_eos(ds.X, ds.y, paper(annealing_factors=SCHEDULE, strategy=strategy), device=dev)
                 for dev in ("cpu", "cuda"))
     assert gpu.status == "ok" and cpu.status == "ok"
     # Both within rtol = 1e-8 of the same fixed point (conditioning ~1 at d = 4).
@@ -366,8 +374,8 @@ def test_curvature_is_one_minus_the_slope_of_the_map_at_d1():
     Jacobian of Sigma -> Sigma_new (docs/MATH.md section 7): at d = 1 the relative curvature is
     1 - J exactly. J from a central difference of the map, independent of the certificate."""
     ds = paper_data(256, 1)
-    result = eos.solve_eos(ds.X, ds.y, **PAPER)
-    ev = eos.EoSEvaluator(ds.X, ds.y, sigw2=1.0, siga2=1 / 128, sig2=1e-6)
+    result = eos.solve_eos(ds.X, ds.y, PAPER)
+    ev = eos.EoSEvaluator(ds.X, ds.y, PAPER)
     s, h = float(result.Sigma), 1e-6
     new = [float(ev.sigma_new(ev.state(torch.tensor([[v]], dtype=torch.float64)).T, 500.0)) for v in (s * (1 + h), s * (1 - h))]
     slope = (new[0] - new[1]) / (2 * h * s)

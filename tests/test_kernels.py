@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from shallow_collapse.data import class_labels, gaussian_data
-from shallow_collapse.kernels import (activation_maps, kernel_names, limiting_kernels,
-                                      limiting_kernels_nc1)
+from shallow_collapse.kernels import kernel_names, limiting_kernels, limiting_kernels_nc1
 from shallow_collapse.metrics import nc1_kernel
+from shallow_collapse.params import NetworkParams
 
 PHI = {"erf": (torch.erf, lambda u: 2 / math.sqrt(math.pi) * torch.exp(-u * u)),
        "relu": (torch.relu, lambda u: (u > 0).to(u.dtype))}
@@ -20,20 +20,6 @@ def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
     """|MC - exact| <= k standard errors (entrywise). With k=5 and a few dozen entries the chance
     of a false failure is ~1e-5; the seeds are fixed, so the outcome is deterministic anyway."""
     assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se
-
-
-@pytest.mark.parametrize("activation", ["erf", "relu"])
-def test_maps_match_monte_carlo_on_a_random_covariance(activation):
-    # Any PSD K (as met in deeper layers), variances from ~0.3 to ~6: draw u ~ N(0, K) 400k times.
-    gen = torch.Generator().manual_seed(1)
-    A = torch.randn(6, 8, generator=gen, dtype=torch.float64) * torch.linspace(0.3, 1.2, 6)[:, None]
-    K = A @ A.T
-    u = torch.randn(400_000, 6, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(K).T
-    Kphi, Kdphi = activation_maps(K, activation)
-    for f, exact in zip(PHI[activation], (Kphi, Kdphi)):
-        v = f(u)
-        prod = v[:, :, None] * v[:, None, :]
-        assert_within_standard_errors(prod.mean(0), prod.std(0) / math.sqrt(len(u)), exact)
 
 
 def ntk_param_network(h, d, activation, sw, so, sb, gen):
@@ -60,7 +46,8 @@ def test_ntk_and_nngp_match_a_wide_random_network(activation):
     jac = torch.func.vmap(torch.func.jacrev(f), in_dims=(None, 0))(params, X)  # per-sample gradients
     per_unit = sum(torch.einsum("ik...,jk...->kij", jac[k], jac[k]) for k in ("W", "b", "a")) * h
     empirical = per_unit.mean(0) + jac["c"] @ jac["c"].T
-    exact = limiting_kernels(X, 2, activation, sw, so, sb)
+    exact = limiting_kernels(X, NetworkParams(activation=activation, hidden_weight_std=sw, final_weight_std=so,
+                                              bias_std=sb))
     assert_within_standard_errors(empirical, per_unit.std(0) / math.sqrt(h), exact.ntk)
     # NNGP of the output at init, from the same units: sb^2 + so^2 mean_k phi_k(x_i) phi_k(x_j).
     hidden = PHI[activation][0]((sw / math.sqrt(X.shape[1])) * X @ params["W"].T + sb * params["b"])
@@ -68,21 +55,8 @@ def test_ntk_and_nngp_match_a_wide_random_network(activation):
     assert_within_standard_errors(sb**2 + so**2 * prod.mean(-1), so**2 * prod.std(-1) / math.sqrt(h), exact.pre[-1])
 
 
-@pytest.mark.parametrize("activation", ["erf", "relu"])
-def test_derivative_kernel_is_the_derivative_of_the_nngp_map(activation):
-    # Price's theorem: dE[phi(u)phi(v)]/dK_uv = E[phi'(u)phi'(v)] at fixed variances. Central
-    # differences with eps=1e-6 carry O(eps^2) truncation and ~1e-10 round-off.
-    K = limiting_kernels(paper_points(8, 2, seed=5), 2, activation, 1.0, 1.0, 0.3).pre[0]
-    k_row, k_col = K.diagonal()[:, None], K.diagonal()[None, :]
-    off = ~torch.eye(8, dtype=torch.bool)  # the diagonal sits on the kink |cos| = 1 for ReLU
-    eps = 1e-6
-    numeric = (activation_maps(K + eps, activation, k_row, k_col)[0]
-               - activation_maps(K - eps, activation, k_row, k_col)[0]) / (2 * eps)
-    torch.testing.assert_close(numeric[off], activation_maps(K, activation)[1][off], rtol=1e-6, atol=1e-8)
-
-
 def test_relu_ntk_is_twice_its_nngp_in_one_dimension():
-    lk = limiting_kernels(paper_points(10, 1), 2, "relu", 1.0, 1.97, 0.0)
+    lk = limiting_kernels(paper_points(10, 1), NetworkParams(activation="relu"))
     torch.testing.assert_close(lk.ntk, 2 * lk.pre[-1], rtol=1e-12, atol=1e-12)
 
 
@@ -94,8 +68,9 @@ def test_blocked_nc1_equals_nc1_of_full_kernels(activation, rtol, L, sb, sizes):
     C = len(sizes)
     X = torch.stack([gaussian_data(sizes, 5, [-2, 2, 0, 1][:C], [0.5, 0.5, 1, 2][:C], 0, r).X for r in range(2)])
     labels = class_labels(sizes)
-    full = limiting_kernels(X, L, activation, 1.0, 1.97, sb)
-    blocked = limiting_kernels_nc1(X, labels, L, activation, 1.0, 1.97, sb, block_elements=500)
+    net = NetworkParams(L=L, activation=activation, bias_std=sb)
+    full = limiting_kernels(X, net)
+    blocked = limiting_kernels_nc1(X, labels, net, block_elements=500)
     kernels = [*full.pre, *full.post, full.ntk]
     assert list(blocked) == kernel_names(L) and len(kernels) == len(blocked)
     for name, K in zip(kernel_names(L), kernels):
@@ -104,7 +79,7 @@ def test_blocked_nc1_equals_nc1_of_full_kernels(activation, rtol, L, sb, sizes):
 
 def paper_nc1(activation):
     X = [gaussian_data([128, 128], d, [-2, 2], [0.5, 0.5], 0, 0).X for d in (1, 2, 8, 32, 128)]
-    return [limiting_kernels_nc1(x, class_labels([128, 128]), 2, activation, 1.0, 1.97, 0.0) for x in X]
+    return [limiting_kernels_nc1(x, class_labels([128, 128]), NetworkParams(activation=activation)) for x in X]
 
 
 def test_paper_data_ordering_of_methods():

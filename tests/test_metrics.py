@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from shallow_collapse import metrics
 from shallow_collapse.metrics import (kernel_traces, nc1_features, nc1_features_pinv, nc1_kernel,
                                       relative_nc1)
 
@@ -50,3 +51,16 @@ def test_balanced_kernel_formula_is_wrong_for_imbalanced_classes():
 def test_relative_nc1():
     assert relative_nc1(0.1, 1.0, tau=0.0) == pytest.approx(-1.0)
     assert np.isnan(relative_nc1(float("nan"), 1.0))
+
+
+@pytest.mark.parametrize("sizes,p", [((20, 20), 1), ((20, 20), 50), ((7, 33), 30), ((5, 9, 12, 6), 3),
+                                     ((5, 9, 12, 6), 40)])
+def test_fast_pinv_nc1_equals_the_metric_function(sizes, p):
+    from shallow_collapse.data import class_labels
+
+    torch.manual_seed(len(sizes) * 100 + p)
+    labels = class_labels(sizes)
+    F64 = torch.float64
+    H = torch.randn(3, len(labels), p, dtype=F64) + 2.0 * torch.randn(len(sizes), p, dtype=F64)[labels]
+    torch.testing.assert_close(metrics.nc1_pinv_from_means(H, labels), metrics.nc1_features_pinv(H, labels),
+                               rtol=1e-9, atol=0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from shallow_collapse.model import FCNEnsemble, erf, network_seed
+from shallow_collapse.model import FCNEnsemble, network_seed
+from shallow_collapse.params import NetworkParams
 
 
 def _check_normal(x: torch.Tensor, var: float):
@@ -20,7 +21,7 @@ def _check_normal(x: torch.Tensor, var: float):
 @pytest.mark.parametrize("L", [2, 3])
 def test_init_variances_follow_math_section_2(L):
     d, h, sw, so, sb = 40, 300, 1.3, 1.97, 0.4
-    m = FCNEnsemble(range(8), d, h, 1, L, "erf", sw, so, sb)
+    m = FCNEnsemble(range(8), d, h, net=NetworkParams(L=L, hidden_weight_std=sw, final_weight_std=so, bias_std=sb))
     _check_normal(m.weights[0], sw**2 / d)
     for l in range(1, L - 1):
         _check_normal(m.weights[l], sw**2 / h)
@@ -33,21 +34,22 @@ def test_init_variances_follow_math_section_2(L):
 def test_init_variances_would_catch_a_wrong_fan_in():
     # the check has teeth: readout weights drawn with 1/d instead of 1/h fail it
     d, h = 40, 300
-    m = FCNEnsemble(range(8), d, h, 1, 2, "erf", 1.0, 1.97, 0.0)
+    m = FCNEnsemble(range(8), d, h)  # the paper's network: so = 1.97
     with pytest.raises(AssertionError):
         _check_normal(m.weights[1], 1.97**2 / d)
 
 
 def test_zero_bias_std_gives_zero_biases_and_float32_default():
-    m = FCNEnsemble([1, 2], 3, 7, 2, 2)
+    m = FCNEnsemble([1, 2], 3, 7, out_features=2)
     assert all(torch.count_nonzero(b) == 0 for b in m.biases)
     assert m.weights[0].dtype == torch.float32
 
 
 def test_each_network_is_drawn_from_its_own_seed():
-    big = FCNEnsemble([11, 22, 33], 5, 9, 1, 3, bias_std=0.5, dtype=torch.float64)
+    net = NetworkParams(L=3, bias_std=0.5)
+    big = FCNEnsemble([11, 22, 33], 5, 9, net=net, dtype=torch.float64)
     for r, seed in enumerate([11, 22, 33]):
-        alone = FCNEnsemble([seed], 5, 9, 1, 3, bias_std=0.5, dtype=torch.float64)
+        alone = FCNEnsemble([seed], 5, 9, net=net, dtype=torch.float64)
         for p, q in zip(big.parameters(), alone.parameters()):
             assert torch.equal(p[r], q[0])
     assert not torch.equal(big.weights[0][0], big.weights[0][1])
@@ -83,7 +85,8 @@ class _Act(torch.nn.Module):
 @pytest.mark.parametrize("bn", [False, True])
 def test_forward_matches_torch_linear_layers(activation, fn, bn):
     torch.manual_seed(0)
-    m = FCNEnsemble([5, 6], 4, 16, 3, 3, activation, 1.0, 1.5, 0.3, use_batch_norm=bn, dtype=torch.float64)
+    net = NetworkParams(L=3, activation=activation, final_weight_std=1.5, bias_std=0.3)
+    m = FCNEnsemble([5, 6], 4, 16, out_features=3, net=net, use_batch_norm=bn, dtype=torch.float64)
     X = torch.randn(2, 30, 4, dtype=torch.float64)
     f, feats = m(X, features=True)
     assert sorted(feats) == sorted(m.feature_names()) == ["post1", "post2", "pre1", "pre2", "pre3"]
@@ -105,16 +108,6 @@ def test_float64_evaluation_leaves_parameters_alone():
     torch.testing.assert_close(f64.float(), m(X), rtol=1e-5, atol=1e-5)
 
 
-def test_custom_erf_gradient_is_erf_gradient():
-    z = torch.randn(50, dtype=torch.float64, requires_grad=True) * 3
-    z = z.detach().requires_grad_()
-    torch.autograd.gradcheck(erf, (z,))
-    g = torch.randn(50, dtype=torch.float64)
-    (a,) = torch.autograd.grad(erf(z), z, g)
-    (b,) = torch.autograd.grad(torch.erf(z), z, g)
-    torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
-
-
 def test_network_seed_is_a_function_of_the_cell_and_repeat():
     s = network_seed(0, (8, 8), 4, 1)
     assert s == network_seed(0, (8, 8), 4, 1) and 0 <= s < 2**63
@@ -125,9 +118,9 @@ def test_network_seed_is_a_function_of_the_cell_and_repeat():
 
 def test_bad_arguments_raise():
     with pytest.raises(ValueError):
-        FCNEnsemble([0], 2, 4, num_layers=1)
+        FCNEnsemble([0], 2, 4, net=NetworkParams(L=1))
     with pytest.raises(ValueError):
-        FCNEnsemble([0], 2, 4, activation="tanh")
+        FCNEnsemble([0], 2, 4, net=NetworkParams(activation="tanh"))
     with pytest.raises(ValueError):
         FCNEnsemble([], 2, 4)
 

@@ -4,13 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from shallow_collapse import kernels, metrics
+from shallow_collapse import metrics
 from shallow_collapse.data import gaussian_data
 from shallow_collapse.model import FCNEnsemble
-from shallow_collapse.training import (make_targets, predicted_classes, probe_epochs, train,
+from shallow_collapse.params import NetworkParams, ProbeParams, SGDParams
+from shallow_collapse.training import (TrainResult, make_targets, predicted_classes, probe_epochs, train,
                                        weight_spectra)
 
 F64 = torch.float64
+
+
+def fit(model, X, targets, labels, probing_frequency=None, fast_path=True, **sgd) -> TrainResult:
+    """:func:`train` with SGD keywords, probing every ``probing_frequency`` epochs."""
+    return train(model, X, targets, labels, SGDParams(**sgd), ProbeParams(probing_frequency=probing_frequency),
+                 fast_path=fast_path)
 
 
 def _data(sizes=(6, 10), d=3, repeat=0, seed=1):
@@ -42,11 +49,11 @@ def _hand_sgd(X, y, params, lr, momentum, weight_decay, steps):
 @pytest.mark.parametrize("steps", [1, 3])
 def test_sgd_steps_match_a_hand_computed_update(steps):
     ds = _data()
-    m = FCNEnsemble([4], 3, 8, 1, 2, "erf", 1.0, 1.97, 0.5, dtype=F64)
+    m = FCNEnsemble([4], 3, 8, net=NetworkParams(bias_std=0.5), dtype=F64)
     init = [p[0].detach().clone() for p in (m.weights[0], m.biases[0], m.weights[1], m.biases[1])]
     lr, mom, wd = 0.05, 0.9, 0.01
     expected = _hand_sgd(ds.X, ds.y.unsqueeze(-1), init, lr, mom, wd, steps)
-    train(m, ds.X, ds.y, ds.labels, lr=lr, momentum=mom, weight_decay=wd, num_epochs=steps)
+    fit(m, ds.X, ds.y, ds.labels, lr=lr, momentum=mom, weight_decay=wd, num_epochs=steps)
     got = [m.weights[0][0], m.biases[0][0], m.weights[1][0], m.biases[1][0]]
     for g, e, i in zip(got, expected, init):
         assert not torch.allclose(e, i)  # the update is not trivially zero
@@ -70,9 +77,9 @@ def test_ensemble_matches_plain_linear_networks_trained_one_at_a_time():
     R, lr, mom, wd, epochs = 3, 0.02, 0.5, 1e-3, 15
     draws = [_data(repeat=r) for r in range(R)]
     X = torch.stack([ds.X for ds in draws])
-    m = FCNEnsemble([10, 11, 12], 3, 12, 1, 2, "erf", 1.0, 1.97, 0.2, dtype=F64)
+    m = FCNEnsemble([10, 11, 12], 3, 12, net=NetworkParams(bias_std=0.2), dtype=F64)
     plain = [_plain_network(m, r) for r in range(R)]
-    train(m, X, torch.stack([ds.y for ds in draws]), draws[0].labels, lr=lr, momentum=mom, weight_decay=wd,
+    fit(m, X, torch.stack([ds.y for ds in draws]), draws[0].labels, lr=lr, momentum=mom, weight_decay=wd,
           num_epochs=epochs)
     for r, (l1, l2) in enumerate(plain):
         opt = torch.optim.SGD([*l1.parameters(), *l2.parameters()], lr=lr, momentum=mom, weight_decay=wd)
@@ -95,18 +102,18 @@ def test_ensemble_equals_each_network_trained_alone(dtype, tol, batch_size, bn, 
     X = torch.stack([ds.X for ds in draws])
     T = torch.stack([ds.y for ds in draws]).unsqueeze(-1)
     kw = dict(lr=0.02, momentum=0.9, weight_decay=1e-3, num_epochs=6, batch_size=batch_size)
-    net = dict(in_features=4, hidden_features=10, out_features=1, num_layers=layers, activation=activation,
-               bias_std=0.1, use_batch_norm=bn, dtype=dtype)
+    net = dict(in_features=4, hidden_features=10, net=NetworkParams(L=layers, activation=activation, bias_std=0.1),
+               use_batch_norm=bn, dtype=dtype)
     ens = FCNEnsemble(seeds, **net)
-    rec = train(ens, X, T, draws[0].labels, probing_frequency=2, **kw)
+    rec = fit(ens, X, T, draws[0].labels, probing_frequency=2, **kw)
     for r, seed in enumerate(seeds):
         alone = FCNEnsemble([seed], **net)
-        rec1 = train(alone, X[r], T[r], draws[0].labels, probing_frequency=2, **kw)
+        rec1 = fit(alone, X[r], T[r], draws[0].labels, probing_frequency=2, **kw)
         for p, q in zip(ens.parameters(), alone.parameters()):
             torch.testing.assert_close(p[r].detach(), q[0].detach(), rtol=tol, atol=tol)
         last = f"post{layers - 1}"
-        np.testing.assert_allclose(rec["nc1"][last][:, r], rec1["nc1"][last][:, 0], rtol=100 * tol)
-    assert rec["epochs"] == [0, 2, 4, 6] and rec["status"] == ["ok"] * 3
+        np.testing.assert_allclose(rec.nc1[last][:, r], rec1.nc1[last][:, 0], rtol=100 * tol)
+    assert rec.epochs == [0, 2, 4, 6] and rec.status == ["ok"] * 3
 
 
 def test_minibatch_shuffling_is_seeded_and_changes_the_result():
@@ -114,17 +121,16 @@ def test_minibatch_shuffling_is_seeded_and_changes_the_result():
     runs = []
     for batch_size in (4, 4, None):
         m = FCNEnsemble([9], 2, 6, dtype=F64)
-        train(m, ds.X, ds.y, ds.labels, lr=0.05, num_epochs=3, batch_size=batch_size)
+        fit(m, ds.X, ds.y, ds.labels, lr=0.05, num_epochs=3, batch_size=batch_size)
         runs.append(m.weights[0].detach().clone())
     assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
 
 
 def test_probes_agree_with_the_metric_functions():
     ds = _data((12, 20), 5)
-    m = FCNEnsemble([2], 5, 16, 1, 3, "erf", 1.0, 1.97, 0.1)
-    rec = train(m, ds.X, ds.y, ds.labels, lr=0.01, momentum=0.9, num_epochs=10, probing_frequency=5,
-                probe_kernels=True)
-    assert rec["epochs"] == [0, 5, 10]
+    m = FCNEnsemble([2], 5, 16, net=NetworkParams(L=3, bias_std=0.1))
+    rec = fit(m, ds.X, ds.y, ds.labels, lr=0.01, momentum=0.9, num_epochs=10, probing_frequency=5)
+    assert rec.epochs == [0, 5, 10]
     layers = _plain_network(m, 0)  # float32 trained weights -> float64 features by hand
     h = ds.X
     feats = {}
@@ -133,27 +139,22 @@ def test_probes_agree_with_the_metric_functions():
         feats[f"pre{l}"] = z
         if l < len(layers):
             h = feats[f"post{l}"] = torch.erf(z)
-    assert sorted(rec["final_nc1"]) == sorted(feats)
+    assert sorted(rec.final_nc1) == sorted(feats)
     for name, H in feats.items():
-        np.testing.assert_allclose(rec["final_nc1"][name][0], metrics.nc1_features(H, ds.labels), rtol=1e-10)
-        np.testing.assert_allclose(rec["final_nc1_pinv"][name][0], metrics.nc1_features_pinv(H, ds.labels),
+        np.testing.assert_allclose(rec.final_nc1[name][0], metrics.nc1_features(H, ds.labels), rtol=1e-10)
+        np.testing.assert_allclose(rec.final_nc1_pinv[name][0], metrics.nc1_features_pinv(H, ds.labels),
                                    rtol=1e-8)
-        assert rec["nc1"][name].shape == (3, 1) and rec["nc1"][name][-1, 0] == rec["final_nc1"][name][0]
+        assert rec.nc1[name].shape == (3, 1) and rec.nc1[name][-1, 0] == rec.final_nc1[name][0]
     f = feats["pre3"][:, 0]
-    np.testing.assert_allclose(rec["final_loss"][0], ((f - ds.y) ** 2).mean(), rtol=1e-10)
-    np.testing.assert_allclose(rec["final_accuracy"][0], ((torch.sign(f) > 0).long() == ds.labels).double().mean())
-    np.testing.assert_allclose(rec["data_nc1"][0], metrics.nc1_features(ds.X, ds.labels), rtol=1e-12)
+    np.testing.assert_allclose(rec.final_loss[0], ((f - ds.y) ** 2).mean(), rtol=1e-10)
+    np.testing.assert_allclose(rec.final_accuracy[0], ((torch.sign(f) > 0).long() == ds.labels).double().mean())
+    np.testing.assert_allclose(rec.data_nc1[0], metrics.nc1_features(ds.X, ds.labels), rtol=1e-12)
     # weight spectra: eigenvalues of W^T W
     for l, lin in enumerate(layers, start=1):
         W = lin.weight.detach().double()
         eig = torch.linalg.eigvalsh(W.T @ W).flip(0)[: min(W.shape)]
-        np.testing.assert_allclose(rec["spectra"][f"W{l}"][-1, 0], eig, rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(rec["gram_final"][f"W{l}"][0], W.T @ W, rtol=1e-12)
-    # limiting kernels of the run's data
-    lk = kernels.limiting_kernels_nc1(ds.X, ds.labels, 3, "erf", 1.0, 1.97, 0.1)
-    for name, v in lk.items():
-        np.testing.assert_allclose(rec["kernels"][0][name]["nc1"], float(v), rtol=1e-9)
-        assert rec["kernels"][0][name]["kernel"].shape == (32, 32)
+        np.testing.assert_allclose(rec.spectra[f"W{l}"][-1, 0], eig, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(rec.gram_final[f"W{l}"][0], W.T @ W, rtol=1e-12)
 
 
 def test_divergence_is_caught_and_the_other_networks_continue():
@@ -162,35 +163,36 @@ def test_divergence_is_caught_and_the_other_networks_continue():
     X[1] *= 1e3  # network 1 sees huge inputs: its ReLU features make lr far too large; 0 and 2 are fine
     T = torch.stack([ds.y for ds in draws])
     kw = dict(lr=0.05, momentum=0.5, num_epochs=20, probing_frequency=5)
-    ens = FCNEnsemble([1, 2, 3], 3, 8, activation="relu", dtype=F64)
-    rec = train(ens, X, T, draws[0].labels, **kw)
-    assert rec["status"] == ["ok", "diverged", "ok"]
-    assert isinstance(rec["diverged_epoch"][1], int) and 1 <= rec["diverged_epoch"][1] <= 20
-    assert rec["diverged_epoch"][0] is None and rec["diverged_epoch"][2] is None
-    assert np.isnan(rec["final_nc1"]["post1"][1]) and np.isfinite(rec["final_nc1"]["post1"][[0, 2]]).all()
-    assert not np.isfinite(rec["final_loss"][1])
+    relu = NetworkParams(activation="relu", final_weight_std=1.0)
+    ens = FCNEnsemble([1, 2, 3], 3, 8, net=relu, dtype=F64)
+    rec = fit(ens, X, T, draws[0].labels, **kw)
+    assert rec.status == ["ok", "diverged", "ok"]
+    assert isinstance(rec.diverged_epoch[1], int) and 1 <= rec.diverged_epoch[1] <= 20
+    assert rec.diverged_epoch[0] is None and rec.diverged_epoch[2] is None
+    assert np.isnan(rec.final_nc1["post1"][1]) and np.isfinite(rec.final_nc1["post1"][[0, 2]]).all()
+    assert not np.isfinite(rec.final_loss[1])
     for r in (0, 2):
-        alone = FCNEnsemble([r + 1], 3, 8, activation="relu", dtype=F64)
-        train(alone, X[r], T[r], draws[0].labels, **kw)
+        alone = FCNEnsemble([r + 1], 3, 8, net=relu, dtype=F64)
+        fit(alone, X[r], T[r], draws[0].labels, **kw)
         torch.testing.assert_close(ens.weights[0][r].detach(), alone.weights[0][0].detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_huge_learning_rate_diverges_without_raising():
     ds = _data((16, 16), 2)
     m = FCNEnsemble([0, 1], 2, 32)
-    rec = train(m, ds.X, ds.y, ds.labels, lr=50.0, num_epochs=200, probing_frequency=50)
-    assert rec["status"] == ["diverged", "diverged"]
-    assert len(rec["train_loss"]) < 200  # stopped early once every network diverged
-    assert rec["epochs"][-1] == len(rec["train_loss"])
+    rec = fit(m, ds.X, ds.y, ds.labels, lr=50.0, num_epochs=200, probing_frequency=50)
+    assert rec.status == ["diverged", "diverged"]
+    assert len(rec.train_loss) < 200  # stopped early once every network diverged
+    assert rec.epochs[-1] == len(rec.train_loss)
 
 
 def test_one_hot_targets_and_argmax_accuracy():
     ds = gaussian_data((10, 10, 10, 10), 3, (-3.0, -1.0, 1.0, 3.0), (0.2, 0.2, 0.2, 0.2), 0)
     T = make_targets(ds.labels, 4, 4)
     assert T.shape == (40, 4) and torch.equal(T.argmax(-1), ds.labels)
-    m = FCNEnsemble([5], 3, 64, 4)
-    rec = train(m, ds.X, T, ds.labels, lr=0.01, momentum=0.9, num_epochs=150)
-    assert rec["final_accuracy"][0] == 1.0 and rec["final_output"].shape == (1, 40, 4)
+    m = FCNEnsemble([5], 3, 64, out_features=4)
+    rec = fit(m, ds.X, T, ds.labels, lr=0.01, momentum=0.9, num_epochs=150)
+    assert rec.final_accuracy[0] == 1.0 and rec.final_output.shape == (1, 40, 4)
     with pytest.raises(ValueError):
         make_targets(ds.labels, 4, 3)
 
@@ -216,19 +218,6 @@ def test_weight_spectra_of_a_diverged_network_are_nan_not_an_error():
     assert np.isnan(s["W1"][1]).all() and np.isfinite(s["W1"][0]).all()
 
 
-@pytest.mark.parametrize("sizes,p", [((20, 20), 1), ((20, 20), 50), ((7, 33), 30), ((5, 9, 12, 6), 3),
-                                     ((5, 9, 12, 6), 40)])
-def test_fast_pinv_nc1_equals_the_metric_function(sizes, p):
-    from shallow_collapse.data import class_labels
-    from shallow_collapse.training import nc1_pinv_from_means
-
-    torch.manual_seed(len(sizes) * 100 + p)
-    labels = class_labels(sizes)
-    H = torch.randn(3, len(labels), p, dtype=F64) + 2.0 * torch.randn(len(sizes), p, dtype=F64)[labels]
-    torch.testing.assert_close(nc1_pinv_from_means(H, labels), metrics.nc1_features_pinv(H, labels),
-                               rtol=1e-9, atol=0)
-
-
 @pytest.mark.parametrize("activation", ["erf", "relu"])
 @pytest.mark.parametrize("out_features,batch_size", [(1, None), (1, 6), (3, None)])
 def test_two_layer_fast_gradients_equal_autograd(activation, out_features, batch_size):
@@ -239,14 +228,15 @@ def test_two_layer_fast_gradients_equal_autograd(activation, out_features, batch
     kw = dict(lr=0.01, momentum=0.9, weight_decay=1e-2, num_epochs=8, batch_size=batch_size, probing_frequency=4)
     recs, models = [], []
     for fast in (True, False):
-        m = FCNEnsemble([7, 8], 4, 12, out_features, 2, activation, 1.0, 1.97, 0.3, dtype=F64)
-        recs.append(train(m, ds.X, T, ds.labels, fast_path=fast, **kw))
+        m = FCNEnsemble([7, 8], 4, 12, out_features=out_features, net=NetworkParams(activation=activation, bias_std=0.3),
+                        dtype=F64)
+        recs.append(fit(m, ds.X, T, ds.labels, fast_path=fast, **kw))
         models.append(m)
     assert TwoLayerGradients.applies(models[0])
     for p, q in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(recs[0]["train_loss"], recs[1]["train_loss"], rtol=1e-10)
-    assert recs[0]["status"] == ["ok", "ok"] and np.all(recs[0]["train_loss"][-1] < recs[0]["train_loss"][0])
+    np.testing.assert_allclose(recs[0].train_loss, recs[1].train_loss, rtol=1e-10)
+    assert recs[0].status == ["ok", "ok"] and np.all(recs[0].train_loss[-1] < recs[0].train_loss[0])
 
 
 @pytest.mark.parametrize("activation,out_features", [("erf", 1), ("relu", 1), ("erf", 3)])
@@ -257,7 +247,8 @@ def test_chunked_threaded_gradients_equal_autograd(activation, out_features, row
 
     torch.manual_seed(rows + workers)
     R, B, h = 3, 23, 10
-    m = FCNEnsemble([1, 2, 3], 4, h, out_features, 2, activation, 1.0, 1.97, 0.3, dtype=F64)
+    m = FCNEnsemble([1, 2, 3], 4, h, out_features=out_features, net=NetworkParams(activation=activation, bias_std=0.3),
+                    dtype=F64)
     xb, tb = torch.randn(R, B, 4, dtype=F64), torch.randn(R, B, out_features, dtype=F64)
     fast = TwoLayerGradients(m, chunk_elements=rows * R * h, workers=workers)
     alive = torch.tensor([True, False, True])
@@ -282,7 +273,7 @@ def test_threaded_training_restores_the_thread_count():
         runs = []
         for _ in range(2):
             m = FCNEnsemble([4, 5], 3, 16)
-            train(m, ds.X, ds.y, ds.labels, lr=0.01, momentum=0.9, num_epochs=5)
+            fit(m, ds.X, ds.y, ds.labels, lr=0.01, momentum=0.9, num_epochs=5)
             assert torch.get_num_threads() == 2
             runs.append(m.weights[0].detach().clone())
         assert torch.equal(runs[0], runs[1])  # deterministic despite the threads

@@ -11,20 +11,18 @@ import time
 import torch
 
 from .. import metrics
-from ..data import gaussian_data
-from ..devices import resolve_device
 from ..eos import EoSResult, solve_eos
+from ..params import EoSParams
+from . import single_run_data
 
-__all__ = ["solver_options", "evaluate_cell", "run", "result_record", "StepProbe"]
+__all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe"]
 
 
-def solver_options(cfg: dict) -> dict:
-    """Keyword arguments of :func:`~shallow_collapse.eos.solve_eos` taken from a config."""
-    return dict(activation=cfg["activation"], sigw2=cfg["sigw2"], siga2=cfg["siga2"], sig2=cfg["sig2"],
-                h=cfg["h"], annealing_factors=cfg["annealing_factors"], strategy=cfg["eos_update_strategy"],
-                candidates=tuple(cfg["eos_candidates"]), rtol=cfg["rtol"], maxiter=cfg["maxiter"],
-                inner_maxiter=cfg["inner_maxiter"], max_subdivisions=cfg["max_subdivisions"],
-                device=resolve_device(cfg["device"]))
+def solve(cfg: dict, ds, **options) -> EoSResult:
+    """:func:`~shallow_collapse.eos.solve_eos` on the draw ``ds`` with the config's EoS keys
+    (:class:`~shallow_collapse.params.EoSParams`), activation and device; ``options`` are passed on."""
+    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=cfg["activation"], device=cfg["device"],
+                     **options)
 
 
 def _solver_columns(result: EoSResult) -> dict:
@@ -50,12 +48,11 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     :mod:`shallow_collapse.kernels` with ``hidden_weight_std^2 = sigw2`` and zero bias (NC1 is
     scale invariant, so siga2 drops out).
     """
-    options = solver_options(cfg)
     rows = []
     for repeat, ds in zip(cell.repeats, datasets):
         start = time.perf_counter()
         try:
-            result = solve_eos(ds.X, ds.y, **options)
+            result = solve(cfg, ds)
         except Exception as err:  # numerical failure of any kind is a status, never an exception
             message = f"{type(err).__name__}: {err}"
             rows.append({"method": "ak", "repeat": repeat, "nc1": math.nan, "status": "error",
@@ -149,14 +146,6 @@ def result_record(cfg: dict, ds, result: EoSResult, per_step: list[dict] | None)
     return record
 
 
-def _dataset(cfg: dict):
-    sizes = cfg.get("class_sizes")
-    if sizes is None:
-        C = cfg["num_classes"]
-        sizes = [cfg["N"] // C] * C
-    return gaussian_data(sizes, cfg["in_features"], cfg["class_means"], cfg["class_stds"], cfg["seed"], repeat=0)
-
-
 def run(cfg: dict, run) -> None:
     """Single AK run: solve, write ``results.json`` and (unless ``lightweight``) the plots.
 
@@ -164,12 +153,12 @@ def run(cfg: dict, run) -> None:
     per-step plots) and a direct solve at chi = h competes with it; lightweight runs solve at
     chi = h only, as sweep cells do.
     """
-    ds = _dataset(cfg)
+    ds = single_run_data(cfg)
     lightweight = cfg["lightweight"]
     probe = None if lightweight else StepProbe(ds.y, ds.labels)
     run.log.info("AK solve: N=%d d=%d activation=%s strategy=%s h=%s factors=%s", len(ds.y), ds.X.shape[1],
                  cfg["activation"], cfg["eos_update_strategy"], cfg["h"], cfg["annealing_factors"])
-    result = solve_eos(ds.X, ds.y, **solver_options(cfg), anneal=not lightweight, on_accept=probe, log=run.log)
+    result = solve(cfg, ds, anneal=not lightweight, on_accept=probe, log=run.log)
     for step in result.steps:
         run.log.info("step chi=%g depth=%d: %d iterations, %d evaluations, rel_residual %.3g, action %.12g, "
                      "converged %s, %.2fs%s", step.factor, step.depth, step.iterations, step.evaluations,

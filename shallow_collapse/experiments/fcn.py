@@ -11,26 +11,27 @@ import math
 import numpy as np
 import torch
 
-from ..data import gaussian_data
-from ..devices import resolve_device
+from .. import metrics
+from ..devices import resolve_device, torch_threads
+from ..kernels import kernel_names, limiting_kernels
 from ..model import FCNEnsemble, network_seed
-from ..training import make_targets, train
-from . import limiting_kernels
+from ..params import NetworkParams, ProbeParams, SGDParams
+from ..training import TrainResult, make_targets, predicted_classes, train
+from . import limiting_kernels as limiting_kernels_experiment
+from . import single_run_data
 
-__all__ = ["evaluate_cell", "run", "build_ensemble", "results_json"]
+__all__ = ["evaluate_cell", "run", "build_ensemble", "kernel_probe", "results_json"]
 
 
 def build_ensemble(cfg: dict, seeds, in_features: int, device=None, dtype=torch.float32) -> FCNEnsemble:
     """An :class:`FCNEnsemble` with the network keys of ``cfg`` and one network per seed."""
-    return FCNEnsemble(seeds, in_features, cfg["hidden_features"], cfg["out_features"], cfg["L"],
-                       cfg["activation"], cfg["hidden_weight_std"], cfg["final_weight_std"], cfg["bias_std"],
-                       cfg["use_batch_norm"], dtype=dtype,
+    return FCNEnsemble(seeds, in_features, cfg["hidden_features"], out_features=cfg["out_features"],
+                       net=NetworkParams.from_config(cfg), use_batch_norm=cfg["use_batch_norm"], dtype=dtype,
                        device=device if device is not None else resolve_device(cfg["device"]))
 
 
-def _train_args(cfg: dict) -> dict:
-    return dict(lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
-                batch_size=cfg["batch_size"], num_epochs=cfg["num_epochs"])
+# Sweep cells report the trained network only: no intermediate probes, no weight spectra.
+CELL_PROBES = ProbeParams(probe_features=True, probe_weights=False, probing_frequency=None)
 
 
 def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
@@ -53,48 +54,79 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     rows = []
     try:
         model = build_ensemble(cfg, seeds, cell.in_features)
-        rec = train(model, X, T, labels, **_train_args(cfg), probing_frequency=None, probe_features=True,
-                    probe_weights=False, num_classes=C, probe_init=False)
-        per_net = rec["seconds"] / len(seeds)
+        rec = train(model, X, T, labels, SGDParams.from_config(cfg), CELL_PROBES, num_classes=C, probe_init=False)
+        per_net = rec.seconds / len(seeds)
         for i, r in enumerate(cell.repeats):
-            rows.append({"method": "fcn", "repeat": r, "nc1": float(rec["final_nc1"][name][i]),
-                         "status": rec["status"][i], "final_loss": float(rec["final_loss"][i]),
-                         "accuracy": float(rec["final_accuracy"][i]),
-                         "nc1_pinv": float(rec["final_nc1_pinv"][name][i]),
-                         "diverged_epoch": rec["diverged_epoch"][i] if rec["diverged_epoch"][i] is not None else "",
+            rows.append({"method": "fcn", "repeat": r, "nc1": float(rec.final_nc1[name][i]),
+                         "status": rec.status[i], "final_loss": float(rec.final_loss[i]),
+                         "accuracy": float(rec.final_accuracy[i]),
+                         "nc1_pinv": float(rec.final_nc1_pinv[name][i]),
+                         "diverged_epoch": rec.diverged_epoch[i] if rec.diverged_epoch[i] is not None else "",
                          "network_seed": seeds[i], "train_seconds": per_net})
     except (RuntimeError, FloatingPointError) as exc:  # e.g. out of memory, a failed kernel
         message = " ".join(str(exc).split())[:300]
         rows = [{"method": "fcn", "repeat": r, "nc1": math.nan, "status": "error", "message": message,
                  "network_seed": s} for r, s in zip(cell.repeats, seeds)]
-    return rows + limiting_kernels.evaluate_cell(cfg, cell, datasets)
+    return rows + limiting_kernels_experiment.evaluate_cell(cfg, cell, datasets)
 
 
-def results_json(cfg: dict, record: dict, network_seed_: int) -> dict:
-    """The JSON-serialisable part of a one-network training ``record``: every probe by epoch."""
+@torch.no_grad()
+def kernel_probe(X: torch.Tensor, labels: torch.Tensor, net: NetworkParams) -> dict:
+    """Limiting kernels of the network ``net`` on data ``X`` ``(N, d)`` (float64) with their NC1.
+
+    Returns ``{name: {"kernel": (N, N), "eigenvalues": (N,) descending, "nc1": float}}`` for the
+    names of :func:`~shallow_collapse.kernels.kernel_names` (``pre{l}``, ``post{l}``, ``ntk``).
+    One thread: the eigenvalues do not depend on the thread count (that of the training loop).
+    """
+    out = {}
+    with torch_threads(1):
+        lk = limiting_kernels(X.to(torch.float64), net)
+        for name, K in zip(kernel_names(net.L), [*lk.pre, *lk.post, lk.ntk]):
+            eig = torch.linalg.eigvalsh(K).flip(-1)
+            out[name] = {"kernel": K.cpu().numpy(), "eigenvalues": eig.cpu().numpy(),
+                         "nc1": float(metrics.nc1_kernel(K, labels.to(K.device)))}
+    return out
+
+
+def results_json(result: TrainResult, network_seed_: int, kernels: dict | None = None) -> dict:
+    """The JSON-serialisable part of a one-network training ``result`` (every probe by epoch) and,
+    when given, the NC1 and spectra of the :func:`kernel_probe` ``kernels``."""
     def first(v):  # (P, R) -> (P,) for the single network
         return np.asarray(v)[..., 0] if np.ndim(v) >= 1 else v
 
     out = {
         "network_seed": network_seed_,
-        "status": record["status"][0], "diverged_epoch": record["diverged_epoch"][0],
-        "epochs": record["epochs"],
-        "train_loss": np.asarray(record["train_loss"])[:, 0],
-        "loss": first(record["loss"]), "accuracy": first(record["accuracy"]),
-        "final_loss": float(record["final_loss"][0]), "final_accuracy": float(record["final_accuracy"][0]),
-        "data_nc1": float(record["data_nc1"][0]), "data_nc1_pinv": float(record["data_nc1_pinv"][0]),
-        "seconds": record["seconds"],
+        "status": result.status[0], "diverged_epoch": result.diverged_epoch[0],
+        "epochs": result.epochs,
+        "train_loss": np.asarray(result.train_loss)[:, 0],
+        "loss": first(result.loss), "accuracy": first(result.accuracy),
+        "final_loss": float(result.final_loss[0]), "final_accuracy": float(result.final_accuracy[0]),
+        "data_nc1": float(result.data_nc1[0]), "data_nc1_pinv": float(result.data_nc1_pinv[0]),
+        "seconds": result.seconds,
     }
     for key in ("nc1", "nc1_pinv"):
-        if key in record:
-            out[key] = {name: first(v) for name, v in record[key].items()}
-            out[f"final_{key}"] = {name: float(v[0]) for name, v in record[f"final_{key}"].items()}
-    if "spectra" in record:  # (P, R, k) -> (P, k)
-        out["spectra"] = {name: np.asarray(v)[:, 0] for name, v in record["spectra"].items()}
-    if "kernels" in record:
-        out["kernels"] = {name: {"nc1": k["nc1"], "eigenvalues": k["eigenvalues"]}
-                          for name, k in record["kernels"][0].items()}
+        if getattr(result, key) is not None:
+            out[key] = {name: first(v) for name, v in getattr(result, key).items()}
+            out[f"final_{key}"] = {name: float(v[0]) for name, v in getattr(result, f"final_{key}").items()}
+    if result.spectra is not None:  # (P, R, k) -> (P, k)
+        out["spectra"] = {name: np.asarray(v)[:, 0] for name, v in result.spectra.items()}
+    if kernels is not None:
+        out["kernels"] = {name: {"nc1": k["nc1"], "eigenvalues": k["eigenvalues"]} for name, k in kernels.items()}
     return out
+
+
+def plot_record(result: TrainResult, kernels: dict | None) -> dict:
+    """What the figures of :mod:`shallow_collapse.plots.fcn` read: the recorded fields of
+    ``result``, the predicted classes at init and at the end (``initial_prediction``,
+    ``final_prediction`` ``(R, N)``) and the kernel probe."""
+    record = {k: v for k, v in vars(result).items() if v is not None}
+    for key in ("initial", "final"):
+        if f"{key}_output" in record:
+            f = torch.as_tensor(record[f"{key}_output"])
+            record[f"{key}_prediction"] = predicted_classes(f, result.num_classes).numpy()
+    if kernels is not None:
+        record["kernels"] = kernels
+    return record
 
 
 def run(cfg: dict, run) -> None:
@@ -104,21 +136,19 @@ def run(cfg: dict, run) -> None:
     plots of :mod:`shallow_collapse.plots.fcn`."""
     from ..plots.fcn import plot_run
 
-    sizes = tuple(cfg["class_sizes"])
-    C = len(sizes)
-    d = cfg["in_features"]
-    ds = gaussian_data(sizes, d, cfg["class_means"], cfg["class_stds"], cfg["seed"], repeat=0)
+    ds = single_run_data(cfg)
+    sizes, d = tuple(cfg["class_sizes"]), cfg["in_features"]
     seed = network_seed(cfg["seed"], sizes, d, 0)
     device = resolve_device(cfg["device"])
     model = build_ensemble(cfg, [seed], d, device=device)
     run.log.info("training one network: N=%d d=%d h=%d L=%d %s on %s (network seed %d)", len(ds.labels), d,
                  cfg["hidden_features"], cfg["L"], cfg["activation"], device, seed)
     initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    targets = make_targets(ds.labels, C, cfg["out_features"])
-    record = train(model, ds.X, targets, ds.labels, **_train_args(cfg), probing_frequency=cfg["probing_frequency"],
-                   probe_features=cfg["probe_features"], probe_weights=cfg["probe_weights"],
-                   probe_kernels=cfg["probe_kernels"], num_classes=C, log=run.log)
-    results = results_json(cfg, record, seed)
+    targets = make_targets(ds.labels, len(sizes), cfg["out_features"])
+    kernels = kernel_probe(ds.X.to(device), ds.labels, model.net) if cfg["probe_kernels"] else None
+    result = train(model, ds.X, targets, ds.labels, SGDParams.from_config(cfg), ProbeParams.from_config(cfg),
+                   num_classes=len(sizes), log=run.log)
+    results = results_json(result, seed, kernels)
     run.write_json("results.json", results)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, run.path / "weights.pt")
     torch.save(initial, run.path / "initial_weights.pt")
@@ -126,4 +156,4 @@ def run(cfg: dict, run) -> None:
                  results["final_accuracy"], results["seconds"])
     if results["status"] != "ok":
         run.log.warning("the network diverged at epoch %s", results["diverged_epoch"])
-    plot_run(record, ds.X.numpy(), ds.labels.numpy(), run.plots)
+    plot_run(plot_record(result, kernels), ds.X.numpy(), ds.labels.numpy(), run.plots)

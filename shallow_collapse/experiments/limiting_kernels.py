@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import limiting_kernels_nc1
+from ..params import NetworkParams
 
 __all__ = ["evaluate_cell"]
 
@@ -12,8 +13,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     """Rows ``nngp`` (last hidden layer's post-activation kernel) and ``ntk`` (output tangent
     kernel) for every repeat of ``cell``; all repeats are evaluated as one batch in float64."""
     X = torch.stack([ds.X for ds in datasets])  # (R, N, d)
-    nc1 = limiting_kernels_nc1(X, datasets[0].labels, cfg["L"], cfg["activation"], cfg["hidden_weight_std"],
-                               cfg["final_weight_std"], cfg["bias_std"])
+    nc1 = limiting_kernels_nc1(X, datasets[0].labels, NetworkParams.from_config(cfg))
     rows = []
     for method, name in (("nngp", f"post{cfg['L'] - 1}"), ("ntk", "ntk")):
         rows += [{"method": method, "repeat": r, "nc1": float(v), "status": "ok"}

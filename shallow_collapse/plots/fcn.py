@@ -1,8 +1,9 @@
 """Figures of one trained network (``fcn.py``): they read the training record and the data only.
 
 :func:`plot_run` writes every figure; each ``plot_*`` function writes one PNG and returns its path.
-The record is the one of :func:`shallow_collapse.training.train` for an ensemble (arrays with a
-network axis R); these figures show network ``net`` (0 by default).
+The record is :func:`shallow_collapse.experiments.fcn.plot_record`: the fields of a training result
+for an ensemble (arrays with a network axis R), the predicted classes and the kernel probe; these
+figures show network ``net`` (0 by default).
 """
 from __future__ import annotations
 
@@ -111,21 +112,17 @@ def plot_weight_spectra(record: dict, layer: str, path: Path, net: int = 0) -> P
 
 
 def plot_predictions(record: dict, labels: np.ndarray, path: Path, net: int = 0) -> Path:
-    """The predicted class of every sample (sign of the output for one output and C=2, nearest
-    target 2c-(C-1) for one output, argmax for C outputs) at init and after training, samples
-    ordered by class, and the raw output."""
+    """The predicted class of every sample (``initial_prediction``, ``final_prediction``) at init and
+    after training, samples ordered by class, and the raw output."""
     labels = np.asarray(labels)
     order = np.argsort(labels, kind="stable")
-    C = int(record.get("num_classes", labels.max() + 1))
+    C = int(record["num_classes"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for key, title, marker in (("initial_output", "init", "x"), ("final_output", "end", "o")):
-        f = np.asarray(record[key])[net][order]  # (N, out)
+    for key, title, marker in (("initial", "init", "x"), ("final", "end", "o")):
+        axes[0].plot(np.asarray(record[f"{key}_prediction"])[net][order], marker, ms=3, alpha=0.6, label=title)
+        f = np.asarray(record[f"{key}_output"])[net][order]  # (N, out)
         if f.shape[-1] == 1:
-            pred = np.sign(f[:, 0]) if C == 2 else np.clip(np.round((f[:, 0] + C - 1) / 2), 0, C - 1)
             axes[1].plot(f[:, 0], marker, ms=2, alpha=0.6, label=title)
-        else:
-            pred = f.argmax(-1)
-        axes[0].plot(pred, marker, ms=3, alpha=0.6, label=title)
     bounds = np.cumsum(np.bincount(labels, minlength=C))[:-1]
     for ax in axes:
         for b in bounds:
@@ -133,13 +130,10 @@ def plot_predictions(record: dict, labels: np.ndarray, path: Path, net: int = 0)
         ax.set_xlabel("sample (ordered by class)")
         ax.grid(alpha=0.3)
         ax.legend()
-    f_end = np.asarray(record["final_output"])[net]
-    if f_end.shape[-1] == 1 and C == 2:
-        axes[0].set_ylabel("sign of the prediction")
-        axes[0].set_yticks([-1, 0, 1])
-    else:
-        axes[0].set_ylabel("predicted class")
+    axes[0].set_ylabel("predicted class")
+    axes[0].set_yticks(range(C))
     axes[0].set_title("prediction per sample (class boundaries dotted)")
+    f_end = np.asarray(record["final_output"])[net]
     if f_end.shape[-1] == 1:
         axes[1].set_ylabel("network output f(x)")
         axes[1].set_title("raw output per sample")
@@ -232,5 +226,5 @@ def plot_run(record: dict, X: np.ndarray, labels: np.ndarray, plots_dir: Path, n
     written.append(plot_predictions(record, labels, plots_dir / "predictions.png", net))
     written.append(plot_data(X, labels, plots_dir / "data.png"))
     if "kernels" in record:
-        written += plot_kernels(record["kernels"][min(net, len(record["kernels"]) - 1)], labels, plots_dir)
+        written += plot_kernels(record["kernels"], labels, plots_dir)
     return written

@@ -10,6 +10,7 @@ from shallow_collapse import kernels, metrics
 from shallow_collapse.cli import main
 from shallow_collapse.config import load_config
 from shallow_collapse.experiments import adaptive_kernel
+from shallow_collapse.params import NetworkParams
 from shallow_collapse.plots.adaptive_kernel import SINGLE_RUN_PLOTS
 from shallow_collapse.sweeps import Cell, cell_datasets, read_table
 
@@ -35,7 +36,7 @@ def test_evaluate_cell_rows(write_config):
         assert ak["factor"] == 500 and ak["failed_factor"] is None
         # The nngp row is the foundation's NNGP of the same draw (sw^2 = sigw2 = 1, no bias);
         # two float64 evaluations of the same kernel: round-off only.
-        ref = kernels.limiting_kernels_nc1(ds.X, ds.labels, 2, "erf", 1.0, 1.0, 0.0)["post1"]
+        ref = kernels.limiting_kernels_nc1(ds.X, ds.labels, NetworkParams())["post1"]
         assert math.isclose(nngp["nc1"], float(ref), rel_tol=1e-10)
         assert 0 < ak["nc1"] < nngp["nc1"]
 

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from shallow_collapse import kernels
 from shallow_collapse.cli import main
 from shallow_collapse.config import load_config
+from shallow_collapse.data import gaussian_data
 from shallow_collapse.experiments import fcn, limiting_kernels
 from shallow_collapse.model import FCNEnsemble
+from shallow_collapse.params import NetworkParams, SGDParams
+from shallow_collapse.training import train
 from shallow_collapse.sweeps import Cell, cell_datasets, read_table
 
 SMALL_NET = {"hidden_features": 16, "num_epochs": 30, "lr": 0.01, "momentum": 0.9, "batch_size": 64}
@@ -106,8 +110,27 @@ def test_single_run_matches_sweep_repeat_zero(write_config, out_root):
     assert rows[0]["network_seed"] == res["network_seed"]
 
 
+def test_kernel_probe_gives_the_limiting_kernels_of_the_data():
+    ds = gaussian_data((12, 20), 5, (-1.0, 1.0), (0.7, 0.7), 1)
+    net = NetworkParams(L=3, bias_std=0.1)
+    probe = fcn.kernel_probe(ds.X, ds.labels, net)
+    for name, v in kernels.limiting_kernels_nc1(ds.X, ds.labels, net).items():
+        np.testing.assert_allclose(probe[name]["nc1"], float(v), rtol=1e-9)
+        assert probe[name]["kernel"].shape == (32, 32) and probe[name]["eigenvalues"].shape == (32,)
+
+
+def test_plot_record_carries_the_predicted_classes():
+    ds = gaussian_data((6, 10), 3, (-1.0, 1.0), (0.7, 0.7), 1)
+    result = train(FCNEnsemble([4], 3, 8), ds.X, ds.y, ds.labels, SGDParams(num_epochs=5))
+    record = fcn.plot_record(result, None)
+    assert "kernels" not in record and "spectra" in record
+    for key in ("initial", "final"):
+        f = record[f"{key}_output"][0, :, 0]
+        np.testing.assert_array_equal(record[f"{key}_prediction"][0], (f > 0).astype(int))
+
+
 def test_ensemble_state_shapes_match_the_config():
-    m = FCNEnsemble([1, 2], 3, 8, 2, 3)
+    m = FCNEnsemble([1, 2], 3, 8, out_features=2, net=NetworkParams(L=3))
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == {
         "weights.0": (2, 8, 3), "weights.1": (2, 8, 8), "weights.2": (2, 2, 8),
         "biases.0": (2, 8), "biases.1": (2, 8), "biases.2": (2, 2)}

@@ -1,0 +1,86 @@
+"""Typed parameter groups with the paper's defaults, the one place those defaults live.
+
+The numerics take these groups (:func:`~shallow_collapse.kernels.limiting_kernels`,
+:class:`~shallow_collapse.model.FCNEnsemble`, :func:`~shallow_collapse.training.train`,
+:func:`~shallow_collapse.eos.solve_eos`), the experiments build them with ``from_config(cfg)``,
+and :data:`shallow_collapse.config.SCHEMA` reads its defaults from them, so a notebook call with
+the defaults and a config that leaves the keys out compute the same numbers. Every field is
+keyword-only (two standard deviations cannot be swapped by position). Field names are the config
+keys, except where :attr:`_Group.CONFIG_KEYS` renames them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+__all__ = ["NetworkParams", "EoSParams", "SGDParams", "ProbeParams"]
+
+
+class _Group:
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {}  # field name -> config key, where they differ
+
+    @classmethod
+    def from_config(cls, cfg: dict):
+        """The group's fields read from a resolved config (see :func:`shallow_collapse.config.resolve`)."""
+        values = {f.name: cfg[cls.CONFIG_KEYS.get(f.name, f.name)] for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkParams(_Group):
+    """The network of MATH.md sections 2 and 5: ``L`` layers (L=2: one hidden layer), activation
+    phi (a name of :data:`shallow_collapse.activations.ACTIVATIONS`), W_1 ~ N(0, sw^2/d), hidden
+    W_l ~ N(0, sw^2/h), W_L ~ N(0, so^2/h), biases ~ N(0, sb^2)."""
+
+    L: int = 2
+    activation: str = "erf"
+    hidden_weight_std: float = 1.0  # sw
+    final_weight_std: float = 1.97  # so
+    bias_std: float = 0.0  # sb
+
+
+@dataclass(frozen=True, kw_only=True)
+class EoSParams(_Group):
+    """The adaptive kernel's Equations of State (MATH.md sections 6 and 7) and their solver.
+
+    ``sigw2``: prior variance of W_1 times d; ``siga2``: readout variance; ``sig2``: GP noise;
+    ``h``: width (chi at the solution); ``annealing_factors``: chi values of the continuation,
+    large to small; ``strategy``/``candidates``: see :func:`~shallow_collapse.eos.solve_eos`;
+    ``rtol``: converged when max|Sigma - Sigma_new| / max|Sigma| <= rtol; ``maxiter``,
+    ``inner_maxiter``, ``max_subdivisions``: solver budgets.
+    """
+
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {"strategy": "eos_update_strategy", "candidates": "eos_candidates"}
+
+    sigw2: float = 1.0
+    siga2: float = 1.0 / 128
+    sig2: float = 1e-6
+    h: int = 500
+    annealing_factors: tuple[float, ...] = (1e5, 1e4, 2000.0, 1000.0, 500.0)
+    strategy: str = "minimize"
+    candidates: tuple[str, ...] = ()
+    rtol: float = 1e-8
+    maxiter: int = 500
+    inner_maxiter: int = 100
+    max_subdivisions: int = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class SGDParams(_Group):
+    """SGD on the MSE loss (MATH.md section 2); ``batch_size`` None (or >= N) is full batch."""
+
+    num_epochs: int = 1000
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeParams(_Group):
+    """What :func:`~shallow_collapse.training.train` probes: NC1 of every layer's features, the
+    spectra of W^T W, every ``probing_frequency`` epochs (None: only at init and at the end)."""
+
+    probe_features: bool = True
+    probe_weights: bool = True
+    probing_frequency: int | None = 100

@@ -138,6 +138,8 @@ def _coerce(value: Any, spec: str):
             raise TypeError
         if isinstance(value, int):
             return value
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 (no dot) as a string
+            value = float(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise TypeError

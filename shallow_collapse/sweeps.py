@@ -128,7 +128,7 @@ def _load_cell(path: Path, cell: Cell) -> dict | None:
     except (OSError, ValueError):
         return None
     ok = (isinstance(record, dict) and record.get("cell") == cell.key and isinstance(record.get("rows"), list)
-          and all(isinstance(row, dict) and set(RESULT_COLUMNS) <= set(row) for row in record["rows"]))
+          and record["rows"] and all(isinstance(row, dict) and set(RESULT_COLUMNS) <= set(row) for row in record["rows"]))
     return record if ok else None
 
 

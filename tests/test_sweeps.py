@@ -70,6 +70,7 @@ def test_grid_cells_follow_the_config(write_config):
 
 
 MALFORMED = {"empty object": "{}", "a list": "[]", "rows without status": None, "another cell's record": None,
+             "no rows": '{"cell": "n8-8_d1", "rows": []}',
              "torn file": '{"cell": "n8-8_d1", "rows": [', "not UTF-8": b"\xff\xfe{}", "a number": "3"}
 
 

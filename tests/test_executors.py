@@ -168,7 +168,7 @@ def test_workers_that_cannot_import_the_package_fail_the_submitter_with_one_line
 # every other cell is stored always lands mid-sweep, whatever the speed of the machine; the
 # driver runs the real command line with that method and prints each cell key as it is stored.
 HELD = 16
-INTERRUPTED = {"N_list": [16, 32], "in_features_list": [1, 2, 4], "repeat": 2}
+INTERRUPTED = {"N_list": [16, 32], "in_features_list": [1, 2, 3, 4, 5, 6], "repeat": 2}  # 6 held cells: some wait in the pool
 DRIVER = """
 import sys
 from dataclasses import replace
@@ -283,6 +283,23 @@ def test_interrupted_sweep_on_busy_cores(write_config, tmp_path, busy_cores, sig
 
 def die(item):
     os._exit(3)
+
+
+def wait_forever():
+    threading.Event().wait()
+
+
+def test_an_interrupt_stops_the_pool_without_cancelling_futures(monkeypatch):
+    # issue 9, case 12: Python 3.11's pool thread raises InvalidStateError (printed as a thread
+    # traceback) when it fails a future that was cancelled, so an interrupt must cancel none.
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    futures = []
+    with pytest.raises(KeyboardInterrupt):
+        with executors.cell_executor({"executor": "local", "workers": 2}) as pool:
+            futures += [pool.submit(wait_forever) for _ in range(8)]  # more than the pool's queue holds
+            raise KeyboardInterrupt
+    assert errors == [] and all(f.done() and not f.cancelled() for f in futures)
 
 
 def test_a_cell_whose_worker_dies_becomes_an_error_row():

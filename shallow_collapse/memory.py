@@ -67,12 +67,13 @@ def cell_bytes(method: str, cfg: dict, N: int, d: int, R: int) -> int:
 
 
 def sweep_need(cfg: dict, method: str, grid: str) -> Need | None:
-    """The memory of a local sweep: ``workers`` times its largest cell (plus each worker's own)."""
+    """The memory of a local sweep: ``workers`` (at most one per cell) times its largest cell, plus
+    each worker process's own."""
     if cfg["executor"] == "dask":
         return None
-    N, d = max(((sum(g), d) for g in grid_groups(cfg, grid) for d in cfg["in_features_list"]),
-               key=lambda nd: cell_bytes(method, cfg, *nd, cfg["repeat"]))
-    workers = resolve_workers(cfg["workers"])
+    cells = [(sum(g), d) for g in grid_groups(cfg, grid) for d in cfg["in_features_list"]]
+    N, d = max(cells, key=lambda nd: cell_bytes(method, cfg, *nd, cfg["repeat"]))
+    workers = min(resolve_workers(cfg["workers"]), len(cells))  # the pool starts no more than it has cells
     per_worker = cell_bytes(method, cfg, N, d, cfg["repeat"]) + (WORKER_BYTES if workers > 1 else 0)
     keys = (GRID_KEYS[grid], "in_features_list", "repeat", *METHOD_KEYS[method], "workers")
     return Need(workers * per_worker, keys, f"the largest cell (N={N}, d={d}) on {workers} worker(s)")

@@ -19,7 +19,8 @@ TOO_LARGE = [  # (job, overrides, keys the one line must name)
     ("limiting_kernels_bulk_balanced", ["repeat=1e12"], ["repeat"]),
     ("fcn_bulk_imbalanced", ["class_sizes_list=[[1000000000,1000000000]]"], ["class_sizes_list"]),
     ("adaptive_kernels", ["N=1e8"], ["N"]),
-    ("adaptive_kernels_bulk_balanced", ["workers=100000"], ["workers"]),
+    ("adaptive_kernels_bulk_balanced", ["workers=100000", f"N_list={list(range(2, 202, 2))}",  # 100000 cells
+                                        f"in_features_list={list(range(1, 1001))}"], ["workers"]),
 ]
 
 

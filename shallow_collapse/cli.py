@@ -8,9 +8,10 @@ from .config import ConfigError, load_config
 from .devices import resolve_device
 from .executors import check_execution
 from .jobs import JOBS
+from .memory import check_memory
 from .plots import figure_formats
 from .report import write_report
-from .runs import open_run
+from .runs import OutputError, open_run
 
 __all__ = ["main"]
 
@@ -27,20 +28,25 @@ def _parser(job_name: str) -> argparse.ArgumentParser:
 
 
 def main(job_name: str, argv=None) -> int:
-    """Validate the config, open the run folder, run the job; print the folder. Returns the exit
-    status: 0 done, 2 bad config (nothing written), 130 interrupted (finished cells kept)."""
+    """Validate the config, the execution settings, the memory and the output folder, then run
+    the job; print the folder. Returns the exit status: 0 done, 2 refused before any work (one
+    line on stderr, nothing written), 130 interrupted (finished cells kept)."""
     parser = _parser(job_name)
     args = parser.parse_intermixed_args(argv)
+    job = JOBS[job_name]
+    command = [parser.prog, *(sys.argv[1:] if argv is None else argv)]
     try:
         cfg = load_config(args.config, args.overrides, defaults={"name": job_name})
         resolve_device(cfg["device"])
         check_execution(cfg)
-    except (ConfigError, RuntimeError) as exc:
+        check_memory(job.memory(cfg))
+        run = open_run(cfg, job_name, job.scopes, args.out, argv=command)
+    except (ConfigError, OutputError, RuntimeError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    job = JOBS[job_name]
-    command = [parser.prog, *(sys.argv[1:] if argv is None else argv)]
-    run = open_run(cfg, job_name, job.scopes, args.out, argv=command)
+    except KeyboardInterrupt:  # e.g. while waiting for a Dask scheduler: nothing written yet
+        print(f"{parser.prog}: interrupted before any work", file=sys.stderr)
+        return 130
     try:
         with figure_formats(cfg["plot_formats"]):
             job.target(cfg, run)

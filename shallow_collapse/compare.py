@@ -11,6 +11,7 @@ Command line (``compare.py``): ``python compare.py RUN_DIR [RUN_DIR ...] [--out 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import math
 import sys
@@ -24,8 +25,8 @@ from .config import PLOT_FORMATS
 from .plots import figure_formats
 from .plots.compare import plot_comparison
 from .report import write_report
-from .runs import atomic_write_json
-from .sweeps import SUMMARY_COLUMNS, read_table, summarise, write_table
+from .runs import OutputError, atomic_write_json, make_folder
+from .sweeps import RESULT_COLUMNS, SUMMARY_COLUMNS, read_table, summarise, write_table
 
 __all__ = ["CompareError", "load_sweep", "merge", "paired_differences", "paired_summary", "grid_kind", "main"]
 
@@ -39,12 +40,37 @@ class CompareError(ValueError):
     """Tables that cannot be compared (different grid, seed or data); one line."""
 
 
+NUMBER_COLUMNS = ("N", "in_features", "repeat", "nc1", "log10_nc1", "data_nc1", "log10_rel_nc1")
+
+
 def load_sweep(folder) -> tuple[dict, list[dict]]:
-    """The resolved config and the result rows of a sweep's run folder."""
+    """The resolved config and the result rows of a sweep's run folder; anything else (a missing
+    or unreadable file, YAML that is not a plain mapping, a table without the result columns or
+    with text where numbers belong) raises :class:`CompareError` naming the file."""
     folder = Path(folder)
     if not (folder / "results.csv").is_file() or not (folder / "config.yaml").is_file():
         raise CompareError(f"{folder}: not a finished sweep folder (needs config.yaml and results.csv)")
-    return yaml.safe_load((folder / "config.yaml").read_text()), read_table(folder / "results.csv")
+    try:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        rows = read_table(folder / "results.csv")
+    except (OSError, ValueError, TypeError, yaml.YAMLError, csv.Error) as exc:  # UnicodeDecodeError: a ValueError
+        raise CompareError(f"{folder}: expected a readable config.yaml and results.csv ({type(exc).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise CompareError(f"{folder / 'config.yaml'}: expected a mapping of config keys")
+    _check_rows(rows, folder / "results.csv")
+    return cfg, rows
+
+
+def _check_rows(rows: list[dict], path: Path) -> None:
+    if not rows:
+        raise CompareError(f"{path}: expected result rows, got none")
+    missing = [c for c in RESULT_COLUMNS if c not in rows[0]]
+    if missing:
+        raise CompareError(f"{path}: expected the result columns, missing {', '.join(missing)}")
+    for i, row in enumerate(rows, start=1):
+        bad = [c for c in NUMBER_COLUMNS if not isinstance(row[c], (int, float))]
+        if bad:
+            raise CompareError(f"{path}, row {i}: expected numbers in {', '.join(bad)}")
 
 
 def _grid(rows) -> set:
@@ -132,8 +158,8 @@ def compare(folders, out_root="out", plot_formats=("png",)) -> Path:
     to ``out_root/compare/<hash>/``; returns it."""
     rows, report = merge(folders)
     digest = hashlib.sha256("\n".join(sorted(str(Path(f).resolve()) for f in folders)).encode()).hexdigest()[:10]
-    path = Path(out_root) / "compare" / digest
-    (path / "plots").mkdir(parents=True, exist_ok=True)
+    path = make_folder(out_root, "compare", digest)
+    make_folder(path, "plots")
     diffs = paired_differences(rows)
     summary = summarise(rows)
     write_table(path / "results.csv", rows)
@@ -165,7 +191,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         path = compare(args.folders, args.out, args.plot_formats)
-    except CompareError as exc:
+    except (CompareError, OutputError) as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)
         return 2
     print(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .activations import ACTIVATIONS
 from .eos import STRATEGIES as EOS_STRATEGIES
 from .params import EoSParams, NetworkParams, ProbeParams, SGDParams
 
-__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "EOS_STRATEGIES",
+__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "show", "EOS_STRATEGIES",
            "PLOT_FORMATS"]
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
@@ -117,10 +118,22 @@ SCHEMA: dict[str, Key] = {
 }
 
 _NA = {"na", "n/a", "none", "null", ""}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "list[int]": "a list of integers", "list[str]": "a list of strings", "list[float]": "a list of numbers",
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_TYPE_WORDS = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+               "list[int]": "a list of integers", "list[str]": "a list of strings", "list[float]": "a list of finite numbers",
                "list[list[int]]": "a list of lists of integers", "auto|int": "auto or an integer"}
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 2, 6, 6, 60, 60, 40
+_SHOW_LENGTH = 160
+
+
+def show(value) -> str:
+    """A short repr of ``value`` for one-line messages: bounded however large or deeply shared
+    (a YAML alias bomb) the value is."""
+    text = _SHOW.repr(value)
+    return text if len(text) <= _SHOW_LENGTH else text[: _SHOW_LENGTH - 3] + "..."
 
 
 def _expected(spec: str) -> str:
@@ -142,17 +155,20 @@ def _coerce(value: Any, spec: str):
             raise TypeError
         if isinstance(value, int):
             return value
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 (no dot) as a string
+            value = float(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise TypeError
     if spec == "float":
         if isinstance(value, bool):
             raise TypeError
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            return float(value)
-        raise TypeError
+        if not isinstance(value, (int, float, str)):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            raise TypeError
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
     if spec == "auto|int":
         return value if value == "auto" else _coerce(value, "int")
     if spec.startswith("list["):
@@ -174,7 +190,7 @@ def _is_na(value) -> bool:
 def _unknown_key(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, SCHEMA, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else "; see README for the list of keys"
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    return ConfigError(f"unknown config key {show(key)}{hint}")
 
 
 def resolve(raw: dict) -> dict:
@@ -195,20 +211,21 @@ def resolve(raw: dict) -> dict:
         try:
             cfg[key] = _coerce(value, spec.type)
         except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected {_expected(spec.type)}, got {value!r}") from None
+            raise ConfigError(f"config key '{key}': expected {_expected(spec.type)}, got {show(value)}") from None
     _check(cfg)
     return cfg
 
 
 def _require(ok: bool, key: str, expected: str, got):
     if not ok:
-        raise ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
+        raise ConfigError(f"config key '{key}': expected {expected}, got {show(got)}")
 
 
 def _check(cfg: dict) -> None:
     """Cross-key checks; fills the derived default of class_sizes (N/C each)."""
-    _require(bool(_NAME.match(cfg["name"])) and ".." not in cfg["name"], "name",
-             "a folder name of letters, digits, '.', '_' and '-' (no path separators)", cfg["name"])
+    _require(bool(_NAME.fullmatch(cfg["name"])) and ".." not in cfg["name"], "name",
+             "a folder name of at most 100 letters, digits, '.', '_' and '-' (no path separators)", cfg["name"])
+    _require(cfg["seed"] >= 0, "seed", "a non-negative integer", cfg["seed"])
     C = cfg["num_classes"]
     implied = DATA_CLASSES[cfg["training_data_cls"]]
     _require(C == implied, "num_classes", f"{implied} for training_data_cls {cfg['training_data_cls']}", C)
@@ -218,7 +235,7 @@ def _check(cfg: dict) -> None:
              cfg["class_stds"])
     for key in ("bias_std", "hidden_weight_std", "final_weight_std", "lr", "momentum", "weight_decay",
                 "tau", "sigw2", "siga2", "sig2"):
-        _require(cfg[key] >= 0 and math.isfinite(cfg[key]), key, "a finite non-negative number", cfg[key])
+        _require(cfg[key] >= 0, key, "a finite non-negative number", cfg[key])
     for key in ("N", "in_features", "repeat", "L", "hidden_features", "out_features", "num_epochs",
                 "probing_frequency", "h"):
         _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
@@ -235,6 +252,8 @@ def _check(cfg: dict) -> None:
              cfg["batch_size"])
     for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors"):
         _require(len(cfg[key]) > 0, key, "a non-empty list", cfg[key])
+    for key in ("N_list", "in_features_list", "class_sizes_list"):
+        _require(len({str(v) for v in cfg[key]}) == len(cfg[key]), key, "distinct grid entries", cfg[key])
     _require(all(n >= C and n % C == 0 for n in cfg["N_list"]), "N_list",
              f"positive multiples of num_classes={C}", cfg["N_list"])
     _require(all(d >= 1 for d in cfg["in_features_list"]), "in_features_list", "positive integers",
@@ -260,11 +279,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``'key=value'`` -> ``(key, value)``, the value parsed as YAML (``repeat=2``, ``x=[1,8]``)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected key=value")
+        raise ConfigError(f"override {show(text)}: expected key=value")
+    if not value.strip():
+        raise ConfigError(f"override {show(text)}: expected a value after '=' (na or null for the default)")
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({_one_line(exc)})") from None
+        raise ConfigError(f"override {show(text)}: value is not valid YAML ({_one_line(exc)})") from None
 
 
 def _one_line(exc: Exception) -> str:
@@ -277,11 +298,16 @@ def read_yaml(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}': expected UTF-8 text, got byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {_one_line(exc)}") from None
     if raw is None:
-        return {}
+        raise ConfigError(f"config file '{path}': expected a mapping of keys to values, got an empty file")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}': expected a mapping of keys to values at the top level")
     return raw

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -27,10 +28,10 @@ from .data import Dataset, gaussian_data
 from .devices import torch_threads
 from .executors import cell_executor, completed
 from .progress import cell_progress
-from .runs import Run, atomic_write_json, atomic_write_text
+from .runs import Run, atomic_write_json, atomic_write_text, make_folder
 
-__all__ = ["Cell", "grid_cells", "cell_datasets", "compute_cell", "run_sweep", "read_table",
-           "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
+__all__ = ["Cell", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep",
+           "read_table", "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
 
 RESULT_COLUMNS = ["method", "N", "class_sizes", "in_features", "repeat", "seed", "nc1", "log10_nc1",
                   "data_nc1", "log10_rel_nc1", "status"]
@@ -56,17 +57,20 @@ class Cell:
         return f"n{'-'.join(map(str, self.class_sizes))}_d{self.in_features}"
 
 
-def grid_cells(cfg: dict, grid: str) -> list[Cell]:
-    """Cells of a ``balanced`` (N_list x d) or ``imbalanced`` (class_sizes_list x d) sweep."""
+def grid_groups(cfg: dict, grid: str) -> list[tuple]:
+    """Class-size tuples of a ``balanced`` (from N_list) or ``imbalanced`` (class_sizes_list) sweep."""
     C = cfg["num_classes"]
     if grid == "balanced":
-        groups = [(n // C,) * C for n in cfg["N_list"]]
-    elif grid == "imbalanced":
-        groups = [tuple(sizes) for sizes in cfg["class_sizes_list"]]
-    else:
-        raise ValueError(f"unknown grid {grid!r}; expected 'balanced' or 'imbalanced'")
+        return [(n // C,) * C for n in cfg["N_list"]]
+    if grid == "imbalanced":
+        return [tuple(sizes) for sizes in cfg["class_sizes_list"]]
+    raise ValueError(f"unknown grid {grid!r}; expected 'balanced' or 'imbalanced'")
+
+
+def grid_cells(cfg: dict, grid: str) -> list[Cell]:
+    """Cells of a ``balanced`` (N_list x d) or ``imbalanced`` (class_sizes_list x d) sweep."""
     repeats = tuple(range(cfg["repeat"]))
-    return [Cell(sizes, d, repeats) for sizes in groups for d in cfg["in_features_list"]]
+    return [Cell(sizes, d, repeats) for sizes in grid_groups(cfg, grid) for d in cfg["in_features_list"]]
 
 
 def cell_datasets(cfg: dict, cell: Cell) -> list[Dataset]:
@@ -93,32 +97,44 @@ def compute_cell(cell: Cell, cfg: dict, evaluate: Callable, methods: tuple) -> d
 
     Runs wherever the executor puts it (this process, a local worker, a Dask worker), on one
     torch thread, so the numbers do not depend on where it ran; it touches no file. An exception
-    becomes one ``error`` row per method and repeat, with its message.
+    (in the method or in drawing the data, e.g. out of memory) becomes :func:`failed_cell`.
     """
     with torch_threads(1):
         start = time.perf_counter()
-        datasets = cell_datasets(cfg, cell)
-        data_nc1 = {r: float(metrics.nc1_features(ds.X, ds.labels)) for r, ds in zip(cell.repeats, datasets)}
         try:
-            rows = list(evaluate(cfg, cell, datasets))
+            datasets = cell_datasets(cfg, cell)
+            data_nc1 = {r: float(metrics.nc1_features(ds.X, ds.labels)) for r, ds in zip(cell.repeats, datasets)}
+            rows = [_complete_row(row, cfg, cell, data_nc1) for row in evaluate(cfg, cell, datasets)]
         except Exception as exc:  # noqa: BLE001 -- a failing cell must not stop the sweep
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            rows = [{"method": m, "repeat": r, "nc1": float("nan"), "status": "error", "message": message}
-                    for m in methods for r in cell.repeats]
-        rows = [_complete_row(row, cfg, cell, data_nc1) for row in rows]
+            return failed_cell(cell, exc, cfg, methods)
         return {"cell": cell.key, "seconds": time.perf_counter() - start, "rows": rows}
 
 
-def _load_cell(path: Path) -> dict | None:
+def failed_cell(cell: Cell, exc: BaseException, cfg: dict, methods: tuple) -> dict:
+    """The record of a cell that raised (or whose worker failed): one ``error`` row per method and
+    repeat, with the first line of the message."""
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    nan = {r: float("nan") for r in cell.repeats}
+    rows = [_complete_row({"method": m, "repeat": r, "nc1": float("nan"), "status": "error", "message": message},
+                          cfg, cell, nan) for m in methods for r in cell.repeats]
+    return {"cell": cell.key, "seconds": 0.0, "rows": rows}
+
+
+def _load_cell(path: Path, cell: Cell) -> dict | None:
+    """The stored record of ``cell``, or None when it is missing, a link, or not a record of it
+    (any other JSON, a torn or foreign file): such a cell is computed again."""
     try:
-        return json.loads(path.read_text())
+        record = None if path.is_symlink() else json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    ok = (isinstance(record, dict) and record.get("cell") == cell.key and isinstance(record.get("rows"), list)
+          and record["rows"] and all(isinstance(row, dict) and set(RESULT_COLUMNS) <= set(row) for row in record["rows"]))
+    return record if ok else None
 
 
 def _stored(cells_dir: Path, cell: Cell) -> bool:
-    """A cell counts as done when its file is complete and none of its rows is an ``error``."""
-    record = _load_cell(cells_dir / f"{cell.key}.json")
+    """A cell counts as done when its file is a record of it and none of its rows is an ``error``."""
+    record = _load_cell(cells_dir / f"{cell.key}.json", cell)
     return record is not None and all(row["status"] != "error" for row in record["rows"])
 
 
@@ -129,18 +145,18 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     ``methods`` names the methods ``evaluate`` reports (for the rows of a cell that raised).
     Cells run through :func:`executors.cell_executor` and are stored as each finishes.
     """
-    cells_dir = run.path / "cells"
-    cells_dir.mkdir(exist_ok=True)
+    cells_dir = make_folder(run.path, "cells")
     cells = grid_cells(cfg, grid)
     todo = [c for c in cells if not (cfg["use_cache"] and _stored(cells_dir, c))]
     run.log.info("sweep over %d cells (%d already stored, %d to run)", len(cells), len(cells) - len(todo), len(todo))
     todo.sort(key=lambda c: (c.N, c.in_features), reverse=True)  # largest first: no long tail
     with cell_executor(cfg) as pool, cell_progress(run.job, len(todo)) as advance:
-        for record in completed(pool, compute_cell, todo, cfg, evaluate, methods):
+        failed = partial(failed_cell, cfg=cfg, methods=methods)
+        for record in completed(pool, compute_cell, todo, cfg, evaluate, methods, on_error=failed):
             atomic_write_json(cells_dir / f"{record['cell']}.json", record)
             _log_cell(run, record)
             advance()
-    rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json")["rows"]]
+    rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json", c)["rows"]]
     write_table(run.path / "results.csv", rows)
     summary = summarise(rows)
     write_table(run.path / "summary.csv", summary, SUMMARY_COLUMNS)
@@ -173,7 +189,7 @@ def write_table(path: Path, rows: list[dict], columns=None) -> None:
 
 def read_table(path: Path) -> list[dict]:
     """Rows of a CSV written by :func:`write_table`, numbers parsed back."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 

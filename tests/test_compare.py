@@ -67,3 +67,40 @@ def test_paired_differences_skip_failed_draws():
                                                              ("fcn", float("nan"), "diverged")]]
     diffs = paired_differences(rows)
     assert [(d["pair"], d["diff_log10_nc1"]) for d in diffs] == [("ak-nngp", -1.0)]
+
+
+HOSTILE_INPUTS = {  # issue 9, case 15: (file, content, words of the one line)
+    "a python tag in config.yaml": ("config.yaml", "seed: !!python/object/apply:os.system ['echo hacked']\n",
+                                    ["config.yaml and results.csv", "ConstructorError"]),
+    "config.yaml that is not a mapping": ("config.yaml", "[1, 2]\n", ["config.yaml: expected a mapping"]),
+    "results.csv missing columns": ("results.csv", "method,N\nnngp,16\n", ["results.csv", "missing", "nc1"]),
+    "results.csv with text for numbers": ("results.csv", None, ["results.csv, row 1", "expected numbers in nc1"]),
+    "results.csv with only a header": ("results.csv", "method\n", ["results.csv: expected result rows"]),
+    "results.csv not UTF-8": ("results.csv", b"method,N\n\xff\xfe,1\n", ["UnicodeDecodeError"]),
+    "results.csv with a ragged row": ("results.csv", None, ["results.csv"]),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_INPUTS)
+def test_compare_refuses_hostile_inputs_with_one_line(case, write_config, tmp_path, refused):
+    assert main("limiting_kernels_bulk_balanced", [str(write_config()), "--out", str(tmp_path / "a")]) == 0
+    (folder,) = (tmp_path / "a" / "tiny").iterdir()
+    name, content, words = HOSTILE_INPUTS[case]
+    if case == "results.csv with text for numbers":
+        content = (folder / name).read_text().splitlines()
+        header, first = content[0].split(","), content[1].split(",")
+        first[header.index("nc1")] = "lots"
+        content = "\n".join([content[0], ",".join(first), *content[2:]]) + "\n"
+    elif case == "results.csv with a ragged row":
+        content = (folder / name).read_text() + "nngp,16,8-8\n"
+    (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    refused(lambda: compare_main([str(folder), "--out", str(tmp_path / "cmp")]), str(folder), *words)
+
+
+@pytest.mark.parametrize("out", ["/dev/null", "a_file"])
+def test_compare_refuses_an_unusable_out(out, write_config, tmp_path, refused):
+    assert main("limiting_kernels_bulk_balanced", [str(write_config()), "--out", str(tmp_path / "a")]) == 0
+    (folder,) = (tmp_path / "a" / "tiny").iterdir()
+    (tmp_path / "a_file").write_text("x\n")
+    out = out if out.startswith("/") else str(tmp_path / out)
+    refused(lambda: compare_main([str(folder), "--out", out]), out, "expected a folder")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD = [  # (keys written to the config, override, words the one-line message must contain)
     ({"repeet": 2}, None, ["unknown config key 'repeet'", "did you mean 'repeat'"]),
     ({"repeat": "many"}, None, ["'repeat'", "expected an integer"]),
-    ({"lr": "fast"}, None, ["'lr'", "expected a number"]),
+    ({"lr": "fast"}, None, ["'lr'", "expected a finite number"]),
     ({"use_batch_norm": "yes"}, None, ["'use_batch_norm'", "true or false"]),
     ({"class_stds": [0.5, -1.0]}, None, ["'class_stds'", "non-negative"]),
     ({"N": 10, "class_sizes": [4, 5]}, None, ["'class_sizes'", "sum to N=10"]),
@@ -83,3 +83,42 @@ def test_legacy_config_runs_unchanged(tmp_path):
 def test_overrides_are_yaml(write_config):
     cfg = load_config(write_config(), ["repeat=3", "in_features_list=[1, 8]", "activation=relu"])
     assert cfg["repeat"] == 3 and cfg["in_features_list"] == [1, 8] and cfg["activation"] == "relu"
+
+
+def alias_bomb(key: str, depth: int = 40) -> str:
+    """YAML whose value under ``key`` expands to 9**depth leaves (a "billion laughs")."""
+    levels = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth)]
+    return f"{key}: [{', '.join(levels)}]\n"
+
+
+HOSTILE = {  # issue 9, cases 1-4, 7, 8, 10: (config file text or keys, overrides, words of the one line)
+    "1 alias bomb under a known key": (alias_bomb("class_means"), [], ["'class_means'", "a list of finite numbers"]),
+    "2 non-UTF-8 config file": (b"repeat: 2\nname: caf\xe9\n", [], ["expected UTF-8 text", "0xe9"]),
+    "3 negative seed": ({}, ["seed=-1"], ["'seed'", "non-negative integer"]),
+    "4 NaN in class_means": ({}, ["class_means=[.nan,2]"], ["'class_means'", "finite numbers"]),
+    "4 inf in class_stds": ({}, ["class_stds=[.inf,0.5]"], ["'class_stds'", "finite numbers"]),
+    "4 inf in annealing_factors": ({}, ["annealing_factors=[.inf,500]"], ["'annealing_factors'", "finite numbers"]),
+    "7 name with a trailing newline": ({"name": "run\n"}, [], ["'name'", "folder name"]),
+    "7 name of 300 characters": ({"name": "a" * 300}, [], ["'name'", "at most 100"]),
+    "8 duplicate N_list entries": ({}, ["N_list=[16,16]"], ["'N_list'", "distinct"]),
+    "8 duplicate in_features_list entries": ({}, ["in_features_list=[4,1,4]"], ["'in_features_list'", "distinct"]),
+    "8 duplicate class_sizes_list entries": ({}, ["class_sizes_list=[[8,8],[8,8]]"], ["'class_sizes_list'", "distinct"]),
+    "10 empty config file": ("", [], ["empty file"]),
+    "10 override with no value": ({}, ["N="], ["override 'N='", "a value after '='"]),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_config_is_refused_with_one_line(case, write_config, tmp_path, out_root, refused):
+    content, overrides, words = HOSTILE[case]
+    path = tmp_path / "hostile.yml"
+    if isinstance(content, dict):
+        path = write_config(**content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    line = refused(lambda: main("limiting_kernels_bulk_balanced", [str(path), *overrides, "--out", str(out_root)]),
+                   *words)
+    assert line.startswith("limiting_kernels_bulk_balanced.py: error:") and len(line) < 400

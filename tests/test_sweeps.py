@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 from functools import partial
 
@@ -66,3 +67,49 @@ def test_grid_cells_follow_the_config(write_config):
     assert [c.key for c in grid_cells(cfg, "balanced")] == ["n8-8_d1", "n8-8_d4", "n16-16_d1", "n16-16_d4"]
     with pytest.raises(ValueError):
         grid_cells(cfg, "diagonal")
+
+
+MALFORMED = {"empty object": "{}", "a list": "[]", "rows without status": None, "another cell's record": None,
+             "no rows": '{"cell": "n8-8_d1", "rows": []}',
+             "torn file": '{"cell": "n8-8_d1", "rows": [', "not UTF-8": b"\xff\xfe{}", "a number": "3"}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_cell_file_is_computed_again(case, write_config, out_root, capsys):
+    # issue 9, case 13: any cell file that is not a record of its cell counts as not done
+    path = write_config()
+    assert main(JOB, [str(path), "--out", str(out_root)]) == 0
+    folder = run_folder(out_root)
+    expected = read_table(folder / "results.csv")
+    cell = folder / "cells" / "n8-8_d1.json"
+    record = json.loads(cell.read_text())
+    content = MALFORMED[case]
+    if case == "rows without status":
+        content = json.dumps({**record, "rows": [{k: v for k, v in r.items() if k != "status"} for r in record["rows"]]})
+    elif case == "another cell's record":
+        content = (folder / "cells" / "n4-12_d1.json").read_text()
+    cell.write_bytes(content if isinstance(content, bytes) else content.encode())
+    capsys.readouterr()
+    assert main(JOB, [str(path), "--out", str(out_root)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert json.loads(cell.read_text())["rows"] == record["rows"] and read_table(folder / "results.csv") == expected
+
+
+def test_a_cell_that_runs_out_of_memory_is_an_error_row_and_the_sweep_goes_on(write_config, out_root, monkeypatch):
+    # issue 9, case 6 within a sweep: a failure while drawing a cell's data stays in that cell
+    from shallow_collapse import sweeps
+
+    draw = sweeps.cell_datasets
+
+    def hungry(cfg, cell):
+        if cell.key == "n8-8_d4":
+            raise MemoryError("cannot allocate 8 TiB")
+        return draw(cfg, cell)
+
+    monkeypatch.setattr(sweeps, "cell_datasets", hungry)
+    assert main(JOB, [str(write_config()), "--out", str(out_root)]) == 0
+    rows = read_table(run_folder(out_root) / "results.csv")
+    bad = [r for r in rows if r["status"] == "error"]
+    assert {(r["class_sizes"], r["in_features"]) for r in bad} == {("8-8", 4)} and len(bad) == 2 * 2
+    assert all(r["message"] == "MemoryError: cannot allocate 8 TiB" for r in bad)
+    assert sum(r["status"] == "ok" for r in rows) == len(rows) - len(bad)

@@ -150,8 +150,8 @@ def run(cfg: dict, run) -> None:
                    num_classes=len(sizes), log=run.log)
     results = results_json(result, seed, kernels)
     run.write_json("results.json", results)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, run.path / "weights.pt")
-    torch.save(initial, run.path / "initial_weights.pt")
+    run.save_tensors("weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    run.save_tensors("initial_weights.pt", initial)
     run.log.info("status %s, final loss %.4g, accuracy %.3f, %.1f s", results["status"], results["final_loss"],
                  results["final_accuracy"], results["seconds"])
     if results["status"] != "ok":

@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from ..runs import atomic_file  # noqa: E402
+
 __all__ = ["save_figure", "figure_formats"]
 
 _FORMATS: ContextVar[tuple] = ContextVar("plot_formats", default=("png",))
@@ -31,12 +33,16 @@ def figure_formats(formats):
 
 
 def save_figure(fig, path) -> Path:
-    """Write ``fig`` as ``path`` with the suffix of each active format (110 dpi for bitmaps),
-    creating folders, and close it. Returns the file of the first format."""
+    """Write ``fig`` as ``path`` with the suffix of each active format (110 dpi for bitmaps;
+    atomically, never through a link), creating folders, and close it. Returns the file of the
+    first format."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = [path.with_suffix("." + fmt) for fmt in _FORMATS.get()]
-    for target in written:
-        fig.savefig(target, dpi=110)
-    plt.close(fig)
+    try:
+        for target in written:
+            with atomic_file(target) as tmp:
+                fig.savefig(tmp, dpi=110, format=target.suffix.lstrip("."))
+    finally:
+        plt.close(fig)
     return written[0]

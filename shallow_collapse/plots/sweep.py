@@ -91,4 +91,3 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
     fig.suptitle(" vs ".join(METHOD_LABELS.get(m, m) for m in methods) + f" ({grid} classes)")
     written.append(save_figure(fig, plots_dir / "methods_side_by_side.png"))
     return written
-

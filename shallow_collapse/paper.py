@@ -37,7 +37,7 @@ from .executors import check_execution
 from .jobs import GRID_SCOPES, JOBS, SWEEPS
 from .progress import study_progress
 from .report import write_report
-from .runs import atomic_write_json, atomic_write_text, run_hash, software_versions
+from .runs import OutputError, atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
 from .sweeps import grid_cells, read_table
 
 __all__ = ["PAPER_SWEEPS", "plan", "run_paper", "main"]
@@ -135,8 +135,7 @@ def run_paper(paper_cfg: dict, shared: dict, sweeps: dict, out_root="out", comma
     out_root = Path(out_root)
     digest = hashlib.sha256(json.dumps({job: e["hash"] for job, e in sweeps.items()}, sort_keys=True)
                             .encode()).hexdigest()[:10]
-    folder = out_root / paper_cfg["name"] / digest
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(out_root, paper_cfg["name"], digest)
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(shared, sort_keys=False))
     paper = {"job": "paper", "hash": digest, "status": "running",
              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": list(command),
@@ -192,7 +191,11 @@ def main(argv=None) -> int:
         print(f"paper.py: error: {exc}", file=sys.stderr)
         return 2
     command = ["paper.py", *(sys.argv[1:] if argv is None else argv)]
-    folder, code = run_paper(paper_cfg, shared, sweeps, args.out, command)
+    try:
+        folder, code = run_paper(paper_cfg, shared, sweeps, args.out, command)
+    except OutputError as exc:  # an unusable --out: refused before any sweep runs
+        print(f"paper.py: error: {exc}", file=sys.stderr)
+        return 2
     for job, record in json.loads((folder / "paper.json").read_text())["sweeps"].items():
         if record["status"] not in ("ok", "not run"):
             print(f"paper.py: {job}: {record['status']} {record['message']}", file=sys.stderr)

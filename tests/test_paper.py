@@ -147,3 +147,16 @@ def test_study_bar_counts_only_the_cells_computed():
     study.finish("c")  # c never started
     assert (study.bar.n, study.bar.total) == (2, 2)
     study.bar.close()
+
+
+def test_unusable_out_is_refused_with_one_line(tmp_path, capsys):
+    """The paper's own folder is made like every run folder: a regular file as --out stops with
+    one line and exit 2, and nothing is written."""
+    out = tmp_path / "a_file"
+    out.write_text("not a folder")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    config = Path(__file__).resolve().parents[1] / "configs" / "paper_quick.yml"
+    assert main([str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("paper.py: error:") and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and out.read_text() == "not a folder"

@@ -38,9 +38,10 @@ def main(job_name: str, argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, defaults={"name": job_name})
         resolve_device(cfg["device"])
+        job.check(cfg)
         check_execution(cfg)
         check_memory(job.memory(cfg))
-        run = open_run(cfg, job_name, job.scopes, args.out, argv=command)
+        run = open_run(cfg, job_name, job.keys, args.out, argv=command)
     except (ConfigError, OutputError, RuntimeError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

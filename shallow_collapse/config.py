@@ -18,7 +18,7 @@ import re
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -43,55 +43,73 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Bound:
+    """A condition on a number (on each number of a list key), with the words that name it."""
+
+    ok: Callable[[Any], bool]
+    words: str  # e.g. "a positive integer"
+    list_words: str  # e.g. "positive integers"
+
+
+POSITIVE_INT = Bound(lambda v: v >= 1, "a positive integer", "positive integers")
+NON_NEGATIVE_INT = Bound(lambda v: v >= 0, "a non-negative integer", "non-negative integers")
+NON_NEGATIVE = Bound(lambda v: v >= 0, "a non-negative number", "non-negative numbers")
+POSITIVE = Bound(lambda v: v > 0, "a positive number", "positive numbers")
+FRACTION = Bound(lambda v: 0 < v < 1, "a number between 0 and 1", "numbers between 0 and 1")
+AT_LEAST_2 = Bound(lambda v: v >= 2, "an integer >= 2 (at least one hidden layer)", "integers >= 2")
+
+
+@dataclass(frozen=True)
 class Key:
     default: Any
     type: str  # int, float, bool, str, list[int], list[float], list[list[int]], or "a|b|c" choices
     scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, run
     help: str  # a default of None means "derived from other keys" or "not set"
+    bound: Bound | None = None  # checked on the value (on each entry of a list), None stays allowed
 
 
 SCHEMA: dict[str, Key] = {
     # what and where
     "name": Key("run", "str", "run", "run folder name under the output root: OUT/<name>/<hash>/"),
-    "seed": Key(0, "int", "data", "root seed; every draw (data, network init, shuffling) derives from it"),
+    "seed": Key(0, "int", "data", "root seed; every draw (data, network init, shuffling) derives from it", bound=NON_NEGATIVE_INT),
     # data (MATH section 1)
     "training_data_cls": Key("GaussiandD2NL", "|".join(DATA_CLASSES), "data",
                              "Gaussian class data: GaussiandD2NL (2 classes) or GaussiandD4NL (4 classes)"),
     "num_classes": Key(2, "int", "data", "number of classes C (must match training_data_cls)"),
     "class_means": Key([-2.0, 2.0], "list[float]", "data", "per-class mean m_c, broadcast over all d coordinates"),
-    "class_stds": Key([0.5, 0.5], "list[float]", "data", "per-class standard deviation s_c"),
-    "tau": Key(1e-8, "float", "data", "regulariser of relative NC1: log10(NC1(H) / (NC1(X) + tau))"),
+    "class_stds": Key([0.5, 0.5], "list[float]", "data", "per-class standard deviation s_c", bound=NON_NEGATIVE),
+    "tau": Key(1e-8, "float", "data", "regulariser of relative NC1: log10(NC1(H) / (NC1(X) + tau))", bound=NON_NEGATIVE),
     # single runs
-    "N": Key(1024, "int", "single", "number of samples (single runs)"),
+    "N": Key(1024, "int", "single", "number of samples (single runs)", bound=POSITIVE_INT),
     "class_sizes": Key(None, "list[int]", "single", "samples per class (single runs); default N/C each"),
-    "in_features": Key(2, "int", "single", "input dimension d (single runs)"),
+    "in_features": Key(2, "int", "single", "input dimension d (single runs)", bound=POSITIVE_INT),
     # sweep grid
     "N_list": Key([128, 256, 512, 1024], "list[int]", "grid_balanced", "dataset sizes of balanced sweeps"),
     "class_sizes_list": Key([[1024, 1024], [768, 1280], [512, 1536], [256, 1792]], "list[list[int]]",
                             "grid_imbalanced", "class-size tuples of imbalanced sweeps"),
-    "in_features_list": Key([1, 2, 8, 32, 128], "list[int]", "grid", "input dimensions d of sweeps"),
-    "repeat": Key(10, "int", "grid", "independent draws (data and network) per grid cell"),
+    "in_features_list": Key([1, 2, 8, 32, 128], "list[int]", "grid", "input dimensions d of sweeps", bound=POSITIVE_INT),
+    "repeat": Key(10, "int", "grid", "independent draws (data and network) per grid cell", bound=POSITIVE_INT),
     # network (MATH sections 2 and 5)
-    "L": Key(NetworkParams.L, "int", "network", "number of layers (L=2: one hidden layer)"),
+    "L": Key(NetworkParams.L, "int", "network", "number of layers (L=2: one hidden layer; the adaptive kernel needs L=2)", bound=AT_LEAST_2),
     "activation": Key(NetworkParams.activation, "|".join(ACTIVATIONS), "network", "activation phi: erf or relu"),
-    "bias_std": Key(NetworkParams.bias_std, "float", "network", "sb: bias standard deviation"),
-    "hidden_weight_std": Key(NetworkParams.hidden_weight_std, "float", "network", "sw: hidden weights ~ N(0, sw^2/fan_in)"),
-    "final_weight_std": Key(NetworkParams.final_weight_std, "float", "network", "so: output weights ~ N(0, so^2/h)"),
+    "bias_std": Key(NetworkParams.bias_std, "float", "network", "sb: bias standard deviation", bound=NON_NEGATIVE),
+    "hidden_weight_std": Key(NetworkParams.hidden_weight_std, "float", "network", "sw: hidden weights ~ N(0, sw^2/fan_in)", bound=NON_NEGATIVE),
+    "final_weight_std": Key(NetworkParams.final_weight_std, "float", "network", "so: output weights ~ N(0, so^2/h)", bound=NON_NEGATIVE),
     # training (FCN)
-    "hidden_features": Key(500, "int", "fcn", "hidden width h of the trained network"),
-    "out_features": Key(1, "int", "fcn", "outputs: 1 (scalar targets 2c-(C-1)) or C (one-hot targets)"),
+    "hidden_features": Key(500, "int", "fcn", "hidden width h of the trained network", bound=POSITIVE_INT),
+    "out_features": Key(1, "int", "fcn", "outputs: 1 (scalar targets 2c-(C-1)) or C (one-hot targets)", bound=POSITIVE_INT),
     "use_batch_norm": Key(False, "bool", "fcn", "batch norm after each hidden linear layer"),
-    "batch_size": Key(SGDParams.batch_size, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)"),
-    "num_epochs": Key(SGDParams.num_epochs, "int", "fcn", "training epochs"),
-    "lr": Key(SGDParams.lr, "float", "fcn", "SGD learning rate"),
-    "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum"),
-    "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)"),
+    "batch_size": Key(SGDParams.batch_size, "int", "fcn", "SGD batch size; null or >= N means full batch (each cell's N in sweeps)", bound=POSITIVE_INT),
+    "num_epochs": Key(SGDParams.num_epochs, "int", "fcn", "training epochs", bound=POSITIVE_INT),
+    "lr": Key(SGDParams.lr, "float", "fcn", "SGD learning rate", bound=NON_NEGATIVE),
+    "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum", bound=NON_NEGATIVE),
+    "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)", bound=NON_NEGATIVE),
     "probe_features": Key(ProbeParams.probe_features, "bool", "probe", "probe NC1 of every layer's features during training"),
     "probe_weights": Key(ProbeParams.probe_weights, "bool", "probe", "probe the spectra of W^T W during training"),
     "probe_kernels": Key(False, "bool", "probe", "also compute the limiting kernels of the run's data"),
-    "probing_frequency": Key(ProbeParams.probing_frequency, "int", "probe", "probe every this many epochs (and at init and the end)"),
+    "probing_frequency": Key(ProbeParams.probing_frequency, "int", "probe", "probe every this many epochs (and at init and the end)", bound=POSITIVE_INT),
     # adaptive kernel (MATH section 6)
-    "h": Key(EoSParams.h, "int", "ak", "width h of the adaptive kernel (the last annealing factor)"),
+    "h": Key(EoSParams.h, "int", "ak", "width h of the adaptive kernel (the last annealing factor)", bound=POSITIVE_INT),
     "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d"),
     "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance"),
     "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance"),
@@ -100,16 +118,17 @@ SCHEMA: dict[str, Key] = {
                                "newton-krylov (fixed-point iteration over the annealing schedule)"),
     "eos_candidates": Key(list(EoSParams.candidates), "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
                           "further EoS strategies whose solutions compete; the least action is kept"),
-    "rtol": Key(EoSParams.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol"),
+    "rtol": Key(EoSParams.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol", bound=FRACTION),
     "maxiter": Key(EoSParams.maxiter, "int", "ak",
-                   "EoS iterations per step (minimize: L-BFGS iterations; newton-krylov: Newton steps)"),
-    "inner_maxiter": Key(EoSParams.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step"),
-    "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up"),
+                   "EoS iterations per step (minimize: L-BFGS iterations; newton-krylov: Newton steps)", bound=POSITIVE_INT),
+    "inner_maxiter": Key(EoSParams.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step", bound=POSITIVE_INT),
+    "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
     "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
-                             "chi values of the continuation, large to small, ending at h"),
+                             "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
     "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
     # execution and output (never hashed: they do not change the numbers)
-    "plot_formats": Key(["png"], "list[str]", "run", "file formats of every figure: any of png, pdf, svg"),
+    "plot_formats": Key(["png"], "list[" + "|".join(PLOT_FORMATS) + "]", "run",
+                        "file formats of every figure: any of png, pdf, svg"),
     "use_cache": Key(True, "bool", "run", "reuse finished cells of an earlier run of the same config (resume)"),
     "device": Key("auto", "auto|cpu|cuda", "run", "where tensors live: auto (cuda if available), cpu or cuda"),
     "workers": Key("auto", "auto|int", "run", "sweep cells in parallel: auto (one process per core), 1 (in this process) or a count"),
@@ -212,6 +231,7 @@ def resolve(raw: dict) -> dict:
             cfg[key] = _coerce(value, spec.type)
         except (TypeError, ValueError):
             raise ConfigError(f"config key '{key}': expected {_expected(spec.type)}, got {show(value)}") from None
+        _check_bound(key, spec, cfg[key])
     _check(cfg)
     return cfg
 
@@ -221,26 +241,25 @@ def _require(ok: bool, key: str, expected: str, got):
         raise ConfigError(f"config key '{key}': expected {expected}, got {show(got)}")
 
 
+def _check_bound(key: str, spec: Key, value) -> None:
+    if spec.bound is None:
+        return
+    if spec.type.startswith("list["):
+        _require(all(spec.bound.ok(v) for v in value), key, "a list of " + spec.bound.list_words, value)
+    else:
+        _require(spec.bound.ok(value), key, spec.bound.words, value)
+
+
 def _check(cfg: dict) -> None:
     """Cross-key checks; fills the derived default of class_sizes (N/C each)."""
     _require(bool(_NAME.fullmatch(cfg["name"])) and ".." not in cfg["name"], "name",
              "a folder name of at most 100 letters, digits, '.', '_' and '-' (no path separators)", cfg["name"])
-    _require(cfg["seed"] >= 0, "seed", "a non-negative integer", cfg["seed"])
     C = cfg["num_classes"]
     implied = DATA_CLASSES[cfg["training_data_cls"]]
     _require(C == implied, "num_classes", f"{implied} for training_data_cls {cfg['training_data_cls']}", C)
     for key in ("class_means", "class_stds"):
         _require(len(cfg[key]) == C, key, f"a list of num_classes={C} numbers", cfg[key])
-    _require(all(s >= 0 for s in cfg["class_stds"]), "class_stds", "non-negative standard deviations",
-             cfg["class_stds"])
-    for key in ("bias_std", "hidden_weight_std", "final_weight_std", "lr", "momentum", "weight_decay",
-                "tau", "sigw2", "siga2", "sig2"):
-        _require(cfg[key] >= 0, key, "a finite non-negative number", cfg[key])
-    for key in ("N", "in_features", "repeat", "L", "hidden_features", "out_features", "num_epochs",
-                "probing_frequency", "h"):
-        _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
     _require(cfg["workers"] == "auto" or cfg["workers"] >= 1, "workers", "auto or a positive integer", cfg["workers"])
-    _require(cfg["L"] >= 2, "L", "an integer >= 2 (at least one hidden layer)", cfg["L"])
     _require(cfg["out_features"] in (1, C), "out_features", f"1 or num_classes={C}", cfg["out_features"])
     if cfg["class_sizes"] is None:
         _require(cfg["N"] % C == 0, "N", f"a multiple of num_classes={C} when class_sizes is not given", cfg["N"])
@@ -248,26 +267,27 @@ def _check(cfg: dict) -> None:
     _check_sizes(cfg["class_sizes"], "class_sizes", C)
     _require(sum(cfg["class_sizes"]) == cfg["N"], "class_sizes", f"sizes that sum to N={cfg['N']}",
              cfg["class_sizes"])
-    _require(cfg["batch_size"] is None or cfg["batch_size"] >= 1, "batch_size", "a positive integer or null",
-             cfg["batch_size"])
-    for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors"):
+    for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors", "plot_formats"):
         _require(len(cfg[key]) > 0, key, "a non-empty list", cfg[key])
     for key in ("N_list", "in_features_list", "class_sizes_list"):
         _require(len({str(v) for v in cfg[key]}) == len(cfg[key]), key, "distinct grid entries", cfg[key])
     _require(all(n >= C and n % C == 0 for n in cfg["N_list"]), "N_list",
              f"positive multiples of num_classes={C}", cfg["N_list"])
-    _require(all(d >= 1 for d in cfg["in_features_list"]), "in_features_list", "positive integers",
-             cfg["in_features_list"])
     for sizes in cfg["class_sizes_list"]:
         _check_sizes(sizes, "class_sizes_list", C)
-    _require(all(a > 0 for a in cfg["annealing_factors"]), "annealing_factors", "positive numbers",
-             cfg["annealing_factors"])
-    _require(0 < cfg["rtol"] < 1, "rtol", "a number between 0 and 1", cfg["rtol"])
-    for key in ("maxiter", "inner_maxiter"):
-        _require(cfg[key] >= 1, key, "a positive integer", cfg[key])
-    _require(len(cfg["plot_formats"]) > 0 and all(f in PLOT_FORMATS for f in cfg["plot_formats"]), "plot_formats",
-             "a non-empty list of " + ", ".join(PLOT_FORMATS), cfg["plot_formats"])
-    _require(cfg["max_subdivisions"] >= 0, "max_subdivisions", "a non-negative integer", cfg["max_subdivisions"])
+    _check_schedule(cfg)
+
+
+def _check_schedule(cfg: dict) -> None:
+    """The annealing factors decrease strictly and stay above h; h is appended when the list does
+    not end there, so the resolved schedule always ends at h."""
+    factors, h = cfg["annealing_factors"], cfg["h"]
+    _require(all(a > b for a, b in zip(factors, factors[1:])), "annealing_factors",
+             "strictly decreasing factors (the continuation runs from large chi down to h)", factors)
+    _require(factors[-1] >= h, "annealing_factors", f"factors no smaller than h={h} (the schedule ends at h)",
+             factors)
+    if factors[-1] != h:
+        cfg["annealing_factors"] = [*factors, float(h)]
 
 
 def _check_sizes(sizes, key, C):

@@ -1,5 +1,6 @@
-"""What each entry script runs: its description, the config scopes that enter its run hash, the
-function ``target(cfg, run)`` that does the work and the memory it needs."""
+"""What each entry script runs: its description, the config keys it uses (exactly those enter its
+run hash), the check of keys it cannot honour, the function ``target(cfg, run)`` that does the
+work and the memory it needs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from functools import partial
 from typing import Callable
 
 from . import memory
+from .config import SCHEMA, ConfigError, show
 from .experiments import adaptive_kernel, fcn, limiting_kernels
 from .plots.sweep import plot_sweep
 from .sweeps import run_sweep
@@ -14,40 +16,63 @@ from .sweeps import run_sweep
 __all__ = ["Job", "JOBS"]
 
 
+def _no_check(cfg: dict) -> None:
+    """Every value of the keys a job uses is one it can honour."""
+
+
 @dataclass(frozen=True)
 class Job:
     description: str
-    scopes: tuple  # config scopes hashed into the run folder name (see config.SCHEMA)
+    keys: tuple  # the config keys the job uses: exactly these enter its run hash
     target: Callable  # target(cfg, run) -> None
     memory: Callable  # memory(cfg) -> memory.Need | None, checked before any work
+    check: Callable = _no_check  # check(cfg) raises ConfigError for a value the job cannot honour
 
 
+def keys_of(*scopes: str, drop=()) -> tuple:
+    """The keys of ``config.SCHEMA`` in ``scopes``, less ``drop``, sorted."""
+    return tuple(sorted(k for k, spec in SCHEMA.items() if spec.scope in scopes and k not in drop))
+
+
+def check_adaptive_kernel(cfg: dict) -> None:
+    """The EoS describe one hidden layer (L = 2) with their own prior (sigw2, no bias)."""
+    if cfg["L"] != 2:
+        raise ConfigError(f"config key 'L': expected 2 for the adaptive kernel (the Equations of State "
+                          f"describe one hidden layer), got {show(cfg['L'])}")
+
+
+# The network keys the adaptive kernel does not use: L is fixed (checked above), the EoS prior is
+# sigw2 and their readout siga2, and they have no bias.
+AK_UNUSED = ("L", "bias_std", "hidden_weight_std", "final_weight_std")
 GRID_SCOPES = {"balanced": ("data", "grid", "grid_balanced"), "imbalanced": ("data", "grid", "grid_imbalanced")}
 
 
-def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple, grid: str, scopes: tuple) -> Job:
+def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple, grid: str, scopes: tuple,
+              drop=(), check=_no_check) -> Job:
     """A sweep of ``evaluate`` (reporting ``methods``) over the ``grid`` cells, with sweep plots."""
-    return Job(f"{description} ({grid} classes)", GRID_SCOPES[grid] + scopes,
+    return Job(f"{description} ({grid} classes)", keys_of(*GRID_SCOPES[grid], *scopes, drop=drop),
                partial(run_sweep, evaluate=evaluate, grid=grid, methods=methods, plot=plot_sweep),
-               partial(memory.sweep_need, method=prefix, grid=grid))
+               partial(memory.sweep_need, method=prefix, grid=grid), check)
 
 
 GRID_OF = "over a grid of dataset sizes and input dimensions"
-SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, config scopes)
+SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, config scopes, keys dropped, check)
     "limiting_kernels": (f"NC1 of the infinite-width NNGP and NTK {GRID_OF}", limiting_kernels.evaluate_cell,
-                         ("nngp", "ntk"), ("network",)),
+                         ("nngp", "ntk"), ("network",), (), _no_check),
     "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF}",
-            fcn.evaluate_cell, ("fcn", "nngp", "ntk"), ("network", "fcn")),
+            fcn.evaluate_cell, ("fcn", "nngp", "ntk"), ("network", "fcn"), (), _no_check),
     "adaptive_kernels": (f"NC1 of the adaptive kernel (Equations of State), with the NNGP of the same draws, "
-                         f"{GRID_OF}", adaptive_kernel.evaluate_cell, ("ak", "nngp"), ("network", "ak")),
+                         f"{GRID_OF}", adaptive_kernel.evaluate_cell, ("ak", "nngp"), ("network", "ak"),
+                         (*AK_UNUSED, "lightweight"), check_adaptive_kernel),
 }
 
 JOBS: dict[str, Job] = {
-    f"{prefix}_bulk_{grid}": sweep_job(prefix, description, evaluate, methods, grid, scopes)
-    for prefix, (description, evaluate, methods, scopes) in SWEEPS.items() for grid in GRID_SCOPES
+    f"{prefix}_bulk_{grid}": sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
+    for prefix, (description, evaluate, methods, scopes, drop, check) in SWEEPS.items() for grid in GRID_SCOPES
 }
 JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
-                  ("data", "single", "network", "fcn", "probe"), fcn.run, partial(memory.single_need, method="fcn"))
+                  keys_of("data", "single", "network", "fcn", "probe"), fcn.run,
+                  partial(memory.single_need, method="fcn"))
 JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for one dataset and plot the continuation",
-                               ("data", "single", "network", "ak"), adaptive_kernel.run,
-                               partial(memory.single_need, method="adaptive_kernels"))
+                               keys_of("data", "single", "network", "ak", drop=AK_UNUSED), adaptive_kernel.run,
+                               partial(memory.single_need, method="adaptive_kernels"), check_adaptive_kernel)

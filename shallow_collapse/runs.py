@@ -1,6 +1,6 @@
 """Run folders: ``OUT/<name>/<hash>/`` with the resolved config, versions, log and results.
 
-The hash covers the job and every config key whose scope the job declares (the keys that change
+The hash covers the job and every config key the job declares it uses (the keys that change
 its numbers), serialised canonically (sorted keys, typed values), so it is stable under key order
 and YAML formatting and blind to the output root and execution options.
 
@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import SCHEMA
 from .devices import resolve_device
 
 __all__ = ["Run", "OutputError", "run_hash", "hashed_config", "open_run", "make_folder", "atomic_file",
@@ -37,14 +36,14 @@ __all__ = ["Run", "OutputError", "run_hash", "hashed_config", "open_run", "make_
 HASH_LENGTH = 10
 
 
-def hashed_config(cfg: dict, job: str, scopes) -> dict:
-    """The part of ``cfg`` that changes the numbers of ``job`` (keys whose scope is in ``scopes``)."""
-    return {"job": job, **{k: cfg[k] for k in sorted(cfg) if SCHEMA[k].scope in scopes}}
+def hashed_config(cfg: dict, job: str, keys) -> dict:
+    """The part of ``cfg`` that changes the numbers of ``job``: the ``keys`` it declares."""
+    return {"job": job, **{k: cfg[k] for k in sorted(keys)}}
 
 
-def run_hash(cfg: dict, job: str, scopes) -> str:
+def run_hash(cfg: dict, job: str, keys) -> str:
     """Short, stable hash of :func:`hashed_config`."""
-    text = json.dumps(hashed_config(cfg, job, scopes), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(hashed_config(cfg, job, keys), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
 
 
@@ -207,17 +206,17 @@ def _refuse_links(path: Path) -> None:
             raise OutputError(f"{child}: expected no symbolic link in a run folder (writes never follow links)")
 
 
-def open_run(cfg: dict, job: str, scopes, out_root="out", argv=None) -> Run:
+def open_run(cfg: dict, job: str, keys, out_root="out", argv=None) -> Run:
     """Create (or reopen) ``out_root/<name>/<hash>/`` and record config, versions and command.
     Raises :class:`OutputError` (nothing created) when the place cannot be used."""
-    digest = run_hash(cfg, job, scopes)
+    digest = run_hash(cfg, job, keys)
     path = Path(out_root) / cfg["name"] / digest
     if path.is_dir() and not path.is_symlink():
         _refuse_links(path)
     with _created(path):
         make_folder(out_root, cfg["name"], digest, "plots")
         atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        meta = {"job": job, "hash": digest, "hashed_config": hashed_config(cfg, job, scopes),
+        meta = {"job": job, "hash": digest, "hashed_config": hashed_config(cfg, job, keys),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": argv if argv is not None else sys.argv,
                 "device": str(resolve_device(cfg["device"])), "versions": software_versions()}

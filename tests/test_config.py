@@ -25,6 +25,10 @@ BAD = [  # (keys written to the config, override, words the one-line message mus
     ({}, "in_features_lst=[1]", ["unknown config key 'in_features_lst'", "in_features_list"]),
     ({}, "repeat", ["override 'repeat'", "key=value"]),
     ({"f_tol": 1e-6}, None, ["'f_tol'", "retired", "rtol"]),
+    ({"annealing_factors": [1e4, 1e5, 500]}, None, ["'annealing_factors'", "strictly decreasing"]),
+    ({"h": 1000}, None, ["'annealing_factors'", "no smaller than h=1000"]),
+    ({"seed": -1}, None, ["'seed'", "a non-negative integer"]),
+    ({"in_features_list": [1, 0]}, None, ["'in_features_list'", "a list of positive integers"]),
     ({}, "f_tol=5e-4", ["'f_tol'", "retired", "rtol"]),
     ({"rtol": 0}, None, ["'rtol'", "between 0 and 1"]),
     ({"eos_update_strategy": "lbfgs"}, None, ["'eos_update_strategy'", "minimize", "anderson"]),
@@ -122,3 +126,9 @@ def test_hostile_config_is_refused_with_one_line(case, write_config, tmp_path, o
     line = refused(lambda: main("limiting_kernels_bulk_balanced", [str(path), *overrides, "--out", str(out_root)]),
                    *words)
     assert line.startswith("limiting_kernels_bulk_balanced.py: error:") and len(line) < 400
+
+
+def test_the_schedule_is_made_to_end_at_h(write_config):
+    cfg = load_config(write_config(h=1000, annealing_factors=[1e5, 1e4, 2000]), [])
+    assert cfg["annealing_factors"] == [1e5, 1e4, 2000, 1000]
+    assert load_config(write_config(), [])["annealing_factors"][-1] == 500

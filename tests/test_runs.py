@@ -12,7 +12,7 @@ from shallow_collapse.jobs import JOBS
 from shallow_collapse.runs import atomic_write_text, open_run, run_hash
 
 JOB = "limiting_kernels_bulk_balanced"
-SCOPES = JOBS[JOB].scopes
+KEYS = JOBS[JOB].keys
 
 
 def test_hash_is_stable_under_order_and_formatting(tmp_path):
@@ -20,26 +20,26 @@ def test_hash_is_stable_under_order_and_formatting(tmp_path):
     a.write_text("repeat: 2\nN_list: [16, 32]\nbias_std: 0\nfinal_weight_std: 1.97\n")
     b = tmp_path / "b.yml"
     b.write_text("final_weight_std: 1.970\nN_list:\n  - 16\n  - 32\nbias_std: 0.0   # same value\nrepeat: 2\n")
-    assert run_hash(load_config(a), JOB, SCOPES) == run_hash(load_config(b), JOB, SCOPES)
-    assert len(run_hash(load_config(a), JOB, SCOPES)) == 10
+    assert run_hash(load_config(a), JOB, KEYS) == run_hash(load_config(b), JOB, KEYS)
+    assert len(run_hash(load_config(a), JOB, KEYS)) == 10
 
 
 def test_hash_follows_the_numbers_only(write_config):
     base = load_config(write_config())
-    h = run_hash(base, JOB, SCOPES)
+    h = run_hash(base, JOB, KEYS)
     for key, value in [("repeat", 3), ("seed", 4), ("activation", "relu"), ("class_stds", [0.5, 1.0])]:
-        assert run_hash({**base, key: value}, JOB, SCOPES) != h, key
+        assert run_hash({**base, key: value}, JOB, KEYS) != h, key
     # keys that do not change a limiting-kernel sweep's numbers: name, execution, training keys
     for key, value in [("name", "other"), ("use_cache", False), ("device", "cpu"), ("lr", 0.5),
                        ("class_sizes_list", [[1, 31]]), ("hidden_features", 7)]:
-        assert run_hash({**base, key: value}, JOB, SCOPES) == h, key
+        assert run_hash({**base, key: value}, JOB, KEYS) == h, key
 
 
 def test_run_folder_records_config_and_versions(write_config, out_root):
     cfg = load_config(write_config())
-    run = open_run(cfg, JOB, SCOPES, out_root, argv=["x"])
+    run = open_run(cfg, JOB, KEYS, out_root, argv=["x"])
     run.close()
-    assert run.path == out_root / "tiny" / run_hash(cfg, JOB, SCOPES)
+    assert run.path == out_root / "tiny" / run_hash(cfg, JOB, KEYS)
     assert yaml.safe_load((run.path / "config.yaml").read_text()) == cfg
     meta = json.loads((run.path / "meta.json").read_text())
     assert {"python", "torch", "numpy"} <= set(meta["versions"]) and meta["device"] in ("cpu", "cuda")
@@ -92,7 +92,7 @@ def test_a_symlink_planted_in_the_output_tree_is_refused(name, write_config, tmp
     # issue 9, case 14: the run folder, its parent (".." = OUT/<name>), plots/, cells/ and any file
     job, name = ("fcn", name.split(":")[1]) if name.startswith("fcn:") else (JOB, name)
     cfg = load_config(write_config(), defaults={"name": job})
-    run = open_run(cfg, job, JOBS[job].scopes, out_root)
+    run = open_run(cfg, job, JOBS[job].keys, out_root)
     run.close()
     (run.path / "cells").mkdir()
     outside = tmp_path / "outside"

@@ -279,3 +279,24 @@ def test_threaded_training_restores_the_thread_count():
         assert torch.equal(runs[0], runs[1])  # deterministic despite the threads
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("layers,activation", [(2, "erf"), (3, "relu")])
+def test_cuda_training_matches_cpu(fast_path, layers, activation):
+    """The same ensemble trained on the GPU and on the CPU in float64: the same arithmetic up to
+    the order of reductions (~1e-16 per operation, a few hundred operations per epoch)."""
+    seeds = [3, 1, 4]
+    draws = [_data((9, 7), 4, repeat=r) for r in range(3)]
+    X = torch.stack([ds.X for ds in draws])
+    T = torch.stack([ds.y for ds in draws]).unsqueeze(-1)
+    net = dict(in_features=4, hidden_features=10, net=NetworkParams(L=layers, activation=activation, bias_std=0.1),
+               dtype=F64)
+    models = [FCNEnsemble(seeds, **net, device=device) for device in ("cpu", "cuda")]
+    records = [fit(m, X, T, draws[0].labels, probing_frequency=5, fast_path=fast_path, lr=0.02, momentum=0.9,
+                   num_epochs=10) for m in models]
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p.detach(), q.detach().cpu(), rtol=1e-9, atol=1e-11)
+    last = f"post{layers - 1}"
+    np.testing.assert_allclose(records[0].nc1[last], records[1].nc1[last], rtol=1e-8)

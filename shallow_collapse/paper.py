@@ -34,7 +34,7 @@ from . import cli
 from .compare import compare
 from .config import ConfigError, load_config, parse_override, read_yaml, resolve
 from .executors import check_execution
-from .jobs import GRID_KEYS, JOBS, SWEEPS
+from .jobs import GRID_SCOPES, JOBS, SWEEPS
 from .progress import study_progress
 from .report import write_report
 from .runs import OutputError, atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
@@ -43,7 +43,7 @@ from .sweeps import grid_cells, read_table
 __all__ = ["PAPER_SWEEPS", "plan", "run_paper", "main"]
 
 # Per grid, its three sweeps (limiting kernels first: seconds; then FCN and AK).
-PAPER_SWEEPS = {grid: [f"{prefix}_bulk_{grid}" for prefix in SWEEPS] for grid in GRID_KEYS}
+PAPER_SWEEPS = {grid: [f"{prefix}_bulk_{grid}" for prefix in SWEEPS] for grid in GRID_SCOPES}
 
 
 def _override(key: str, value) -> str:

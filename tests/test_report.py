@@ -12,7 +12,7 @@ from shallow_collapse.compare import main as compare_main
 from shallow_collapse.plots.captions import caption
 
 SCRIPT = '<script>alert("x")</script>'  # a free-text key: unused with executor local
-AK_KEYS = {"h": 500, "sigw2": 1.0, "siga2": 0.0078125, "sig2": 1e-6, "f_tol": 1e-6,
+AK_KEYS = {"h": 500, "sigw2": 1.0, "siga2": 0.0078125, "sig2": 1e-6, "rtol": 1e-8,
            "annealing_factors": [1e4, 1e3, 500.0]}
 
 
@@ -113,7 +113,7 @@ def test_single_run_report(write_config, out_root, job, keys, exact):
 @pytest.mark.slow
 def test_comparison_report(write_config, tmp_path, capsys):
     folders = []
-    for job, extra in (("limiting_kernels_bulk_balanced", []), ("adaptive_kernels_bulk_balanced", ["f_tol=1e-6"])):
+    for job, extra in (("limiting_kernels_bulk_balanced", []), ("adaptive_kernels_bulk_balanced", ["rtol=1e-8"])):
         assert main(job, [str(write_config()), *extra, "--out", str(tmp_path / "o")]) == 0
         folders.append(capsys.readouterr().out.strip())
     assert compare_main([*folders, "--out", str(tmp_path / "o"), "--plot-formats", "svg,pdf"]) == 0

@@ -49,7 +49,9 @@ CAPTIONS = {
     "fbar_per_sample": "GP posterior mean fbar per sample at the GP limit and at the end against the "
                        "targets y, and log10 |y - fbar|.",
     "solver_steps": "Solver record of every attempted continuation step: O(N^3) evaluations (red: not "
-                    "converged) and the final residual against the tolerance.",
+                    "converged) and the relative residual of each against rtol.",
+    "action_per_step": "The action S(Sigma) and the relative residual max|Sigma - Sigma_new|/max|Sigma| at "
+                       "every accepted annealing factor (rtol dashed); the title names the solution kept.",
 }
 
 PATTERNS = {

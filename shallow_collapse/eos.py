@@ -92,6 +92,8 @@ CERTIFY_STEP = 1e-4
 # two points within rtol = 1e-8 of one fixed point differ by at most rtol times the conditioning
 # of (I - J) (measured up to ~34 at d = 1), far below it.
 SAME_POINT = 1e-6
+# Relative scaling of Sigma that probes the float64 noise of the map (see _noise_floor).
+NOISE_STEP = 1e-11
 
 
 class EvaluationError(RuntimeError):
@@ -527,11 +529,14 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
 def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxiter, **_):
     """Least action at ``chi`` from ``start``: L-BFGS on S down to ``POLISH_FROM``, then Anderson
     polishing to ``rtol``; if the polish fails, L-BFGS again from the best point to its own stop
-    and a second polish. Returns like :func:`_anderson_step`."""
+    and a second polish. Returns like :func:`_anderson_step` (on failure, the point of least
+    relative residual; where that lies below ``POLISH_FROM`` the message gives the float64 noise
+    of the map there, :func:`_noise_floor`)."""
     rel = ev.rel_residual(start, chi)
     if rel <= rtol:
         return start, rel, 0, True, ""
     state, iterations, messages = start, 0, []
+    best, best_rel = start, rel
     for stop_at in (max(rtol, POLISH_FROM), rtol):
         state, rel, its, msg = _lbfgs(ev, chi, state, stop_at=stop_at, maxiter=maxiter)
         iterations += its
@@ -548,7 +553,26 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         if ok and stayed:
             return polished, rel_p, iterations, True, ""
         messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
-    return state, rel, iterations, False, "; ".join(messages)
+        for point, r in ((state, rel), (polished, rel_p) if stayed else (state, rel)):
+            if r < best_rel:
+                best, best_rel = point, r
+    if best_rel <= POLISH_FROM:
+        noise = _noise_floor(ev, best, chi)
+        if noise > rtol:
+            messages.insert(0, f"stalled at rel_residual {best_rel:.2g}, where the float64 noise of the map is "
+                               f"about {noise:.1g} > rtol {rtol:g}: a tolerance above the noise can be met")
+    return best, best_rel, iterations, False, "; ".join(messages)
+
+
+def _noise_floor(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
+    """The float64 noise of ``rel_residual`` at ``state``: its change under scalings of Sigma by
+    ``1 +- NOISE_STEP``, which move the exact residual by about NOISE_STEP |1 - J| only (J the
+    map's slope, |J| < 1e3 where measured). Two evaluations."""
+    F0 = ev.residual(state, chi)
+    scale = float(state.Sigma.abs().max())
+    changes = [float((ev.residual(ev.state(state.Sigma * (1.0 + sign * NOISE_STEP)), chi) - F0).abs().max())
+               for sign in (1.0, -1.0)]
+    return max(changes) / scale
 
 
 def _anderson_memory(d: int, state: EoSState) -> _Memory:
@@ -625,6 +649,11 @@ def _branch(ev: EoSEvaluator, strategy: str, factors: list[float], state0: EoSSt
             if on_accept is not None:
                 on_accept(chi, new, record)
             continue
+        if strategy == "minimize" and rel <= POLISH_FROM:
+            # Stalled next to a solution (at the noise floor of the map): a smaller step in chi
+            # cannot help. The branch ends here, at the near-solution.
+            message = f"chi={chi:g} not solved to rtol {rtol:g}: {msg}"
+            return _Branch(origin, chi, new, steps, ev.evaluations - e_start, False, chi, message)
         if depth >= max_subdivisions:
             message = (f"step to chi={chi:g} from chi={prev_chi:g} did not converge after "
                        f"{max_subdivisions} subdivisions: rel_residual {rel:.3g} > rtol {rtol:g} ({msg})")

@@ -383,3 +383,17 @@ def test_curvature_is_one_minus_the_slope_of_the_map_at_d1():
     # Both are finite differences with relative steps 1e-4 (certificate) and 1e-6: agreement to
     # ~1e-3 relative of a value ~30.
     assert math.isclose(result.curvature, 1 - slope, rel_tol=2e-3)
+
+
+def test_a_tolerance_below_the_float64_noise_is_reported_not_met():
+    """rtol = 1e-15 is below what float64 evaluations of the map can resolve: the solve stops at
+    the near-solution (no subdivision of chi), says how large the noise is, and is not ok."""
+    ds = paper_data(64, 2)
+    result = eos.solve_eos(ds.X, ds.y, paper(rtol=1e-15))
+    assert result.status == "not_converged" and not result.certified
+    assert "float64 noise of the map" in result.message
+    assert result.factor == 500 and all(s.depth == 0 for s in result.steps)
+    # The point it stopped at is the solution that rtol = 1e-8 finds, to the accuracy of both.
+    reference = eos.solve_eos(ds.X, ds.y, PAPER)
+    assert result.rel_residual < 1e-9
+    assert (result.Sigma - reference.Sigma).abs().max() <= 1e-6 * reference.Sigma.abs().max()

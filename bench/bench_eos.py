@@ -127,7 +127,7 @@ def main(argv=None):
             notes.append(f"reference: steps not converged at chi={failures}; final rel_residual {res_ref:.2e}")
         elif not res_ref <= args.rtol:
             notes.append(f"reference: every step met its tolerance (relative to Sigma_0), but at its answer "
-                         f"rel_residual = {res_ref:.2e} (relative to Sigma): Sigma collapsed toward 0")
+                         f"rel_residual = {res_ref:.2e} (relative to Sigma), max|Sigma_ref| = {float(S_ref.abs().max()):.2e}")
         for name, r in (("default", default), ("anderson", anderson)):
             if r.status != "ok" or r.message:
                 notes.append(f"{name}: {r.status}, rel_residual {r.rel_residual:.2e}, action {r.action:.10g} "

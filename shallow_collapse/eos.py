@@ -650,8 +650,12 @@ def _branch(ev: EoSEvaluator, strategy: str, factors: list[float], state0: EoSSt
                 on_accept(chi, new, record)
             continue
         if strategy == "minimize" and rel <= POLISH_FROM:
-            # Stalled next to a solution (at the noise floor of the map): a smaller step in chi
-            # cannot help. The branch ends here, at the near-solution.
+            # Stalled next to a solution, at the float64 noise floor of the map: a smaller step in
+            # chi cannot help. An intermediate factor still serves as a warm start; at the last
+            # factor the branch ends at the near-solution, not converged.
+            if pending:
+                accepted.append((chi, new))
+                continue
             message = f"chi={chi:g} not solved to rtol {rtol:g}: {msg}"
             return _Branch(origin, chi, new, steps, ev.evaluations - e_start, False, chi, message)
         if depth >= max_subdivisions:

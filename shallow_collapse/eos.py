@@ -509,7 +509,8 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
     def callback(intermediate_result):
         st = seen.get(intermediate_result.x.tobytes())
         if st is None:
-            st = ev.state((L0 @ factor(intermediate_result.x)) @ (L0 @ factor(intermediate_result.x)).T)
+            L = L0 @ factor(intermediate_result.x)
+            st = ev.state(L @ L.T)
         track.update(state=st, rel=ev.rel_residual(st, chi), iterations=track["iterations"] + 1)
         if track["rel"] <= stop_at:
             raise StopIteration
@@ -553,9 +554,8 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         if ok and stayed:
             return polished, rel_p, iterations, True, ""
         messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
-        for point, r in ((state, rel), (polished, rel_p) if stayed else (state, rel)):
-            if r < best_rel:
-                best, best_rel = point, r
+        candidates = [(state, rel), (polished, rel_p)] if stayed else [(state, rel)]
+        best, best_rel = min([(best, best_rel), *candidates], key=lambda c: c[1])
     if best_rel <= POLISH_FROM:
         noise = _noise_floor(ev, best, chi)
         if noise > rtol:

@@ -73,7 +73,7 @@ def plan(config, overrides=(), configs_dir=None) -> tuple[dict, dict, dict]:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         check_execution(cfg)
-        sweeps[job] = {"config": path, "cfg": cfg, "hash": run_hash(cfg, job, JOBS[job].keys)}
+        sweeps[job] = {"config": path, "cfg": cfg, "hash": run_hash(cfg, job, JOBS[job].keys_for(cfg))}
     return paper_cfg, shared, sweeps
 
 

@@ -429,6 +429,6 @@ def map_point(target: PosteriorTarget, labels: torch.Tensor, h: int, seeds: list
     tw, tb = metrics.feature_traces(F, labels)
     f = (F @ a.unsqueeze(-1)).squeeze(-1)
     nc1 = (tw / tb).cpu().numpy()
-    return {"log10_nc1": np.where(nc1 > 0, np.log10(np.abs(nc1)), np.nan),
+    return {"log10_nc1": np.array([metrics.log10(float(v)) for v in nc1]),
             "mse": ((f - target.y) ** 2).mean(-1).cpu().numpy(),
             "grad_ratio": (grad_norm(W, a) / g0).cpu().numpy(), "diverged": run.diverged}

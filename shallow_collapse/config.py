@@ -108,7 +108,7 @@ SCHEMA: dict[str, Key] = {
     "lr": Key(SGDParams.lr, "float", "fcn", "SGD learning rate", bound=NON_NEGATIVE),
     "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum", bound=NON_NEGATIVE),
     "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)", bound=NON_NEGATIVE),
-    # posterior sampling of the network the EoS describe (MATH section 10; docs/POSTERIOR.md)
+    # posterior sampling of the network the EoS describe (MATH section 9; docs/POSTERIOR.md)
     "optimizer": Key("sgd", "sgd|langevin", "langevin",
                      "FCN sweeps: sgd (train the network) or langevin (sample the Bayesian posterior the EoS "
                      "describe: priors sigw2, siga2, noise sig2, width hidden_features = h, no bias)"),

@@ -78,7 +78,7 @@ class SGDParams(_Group):
 
 @dataclass(frozen=True, kw_only=True)
 class LangevinParams(_Group):
-    """Langevin sampling of the posterior the EoS describe (MATH.md section 10,
+    """Langevin sampling of the posterior the EoS describe (MATH.md section 9,
     :func:`~shallow_collapse.posterior.sample_posterior`).
 
     ``step``: dimensionless step eta of the largest level (each layer's step is eta over its

@@ -1,16 +1,18 @@
 """Bayesian posterior of the 2-layer network the EoS describe, sampled with Langevin dynamics.
 
-The model (docs/MATH.md section 10): f(x) = sum_c a_c phi(w_c . x), priors w_c ~ N(0, (sigw2/d) I),
+The model (docs/MATH.md section 9): f(x) = sum_c a_c phi(w_c . x), priors w_c ~ N(0, (sigw2/d) I),
 a_c ~ N(0, siga2/h), likelihood y_i ~ N(f(x_i), sig2). Its potential (minus log density) is
 
     U(W, a) = |f(X) - y|^2 / (2 sig2) + (d / (2 sigw2)) |W|^2 + (h / (2 siga2)) |a|^2.
 
-:func:`langevin` runs the unadjusted Langevin scheme
-``theta <- theta - eta P grad U + sqrt(2 eta P) xi`` for a batch of independent chains (float64,
-full batch), P one scalar per layer and chain: the inverse of that layer's largest curvature
-(:func:`layer_curvatures`), so ``eta`` is dimensionless and the scheme is stable for eta < 2.
-Its bias is O(eta); :func:`sample_posterior` runs it at three step sizes eta, eta/2, eta/4 for
-the same physical time and extrapolates every reported number to eta = 0 (:func:`richardson`).
+:func:`langevin` runs unadjusted, preconditioned Langevin dynamics (by default in the
+Leimkuhler-Matthews form, ``theta <- theta - eta P grad U + sqrt(eta P / 2) (xi_n + xi_{n+1})``)
+for a batch of independent chains (float64, full batch), P one scalar per layer and chain: the
+inverse of that layer's largest curvature (:func:`layer_curvatures`), so ``eta`` is dimensionless
+and the scheme is stable for eta < 2. An unadjusted scheme is biased by a power of eta;
+:func:`sample_posterior` runs it at three step sizes eta, eta/2, eta/4 for the same physical
+time, extrapolates every reported number to eta = 0 with a straight line (:func:`richardson`)
+and checks that the three points lie on it.
 
 Chains are batched: ``X`` ``(B, N, d)`` holds the data of each chain (chains of one draw share
 it), ``W`` ``(B, h, d)`` and ``a`` ``(B, h)`` their weights. Per retained sample the sampler

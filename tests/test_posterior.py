@@ -140,7 +140,7 @@ def test_rhat_and_effective_size_of_known_chains():
 @pytest.mark.slow
 def test_posterior_approaches_the_gp_as_the_width_grows():
     # siga2 fixed, h growing: the posterior-averaged kernel's NC1 tends to the NNGP's and the
-    # posterior mean of f to the GP's Q (Q + sig2 I)^-1 y (MATH.md section 10). Each step of the
+    # posterior mean of f to the GP's Q (Q + sig2 I)^-1 y (MATH.md section 9). Each step of the
     # NC1 trend is asserted beyond 2 standard errors of the two gaps.
     N, d, M, sig2, siga2 = 16, 2, 8, 0.05, 1.0
     target, ds = _target(N, d, M, siga2=siga2, sig2=sig2)

@@ -1,4 +1,4 @@
-"""The posterior network the EoS describe (MATH.md section 10): the sweep method of ``optimizer: langevin``.
+"""The posterior network the EoS describe (MATH.md section 9): the sweep method of ``optimizer: langevin``.
 
 Glue only: the sampler is :mod:`shallow_collapse.posterior`. Chain seeds are children of the
 draw's seed (:func:`chain_seeds`), disjoint from the SGD network's (:func:`~shallow_collapse.model.network_seed`).

@@ -13,6 +13,7 @@ import torch
 
 from .. import activations
 from ..data import draw_seed
+from ..devices import resolve_device
 from ..kernels import limiting_kernels, limiting_kernels_nc1
 from ..model import seed_int
 from ..params import EoSParams, LangevinParams, NetworkParams
@@ -81,7 +82,8 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     per repeat of ``cell``.
 
     The width is ``hidden_features`` (equal to the AK's ``h``, checked by the job). All repeats'
-    chains run as one batch. A numerical failure is a status (diverged, not_converged, error), never
+    chains run as one batch in float64 on the config's ``device`` (the noise is drawn on the CPU
+    from each chain's generator, so a chain is the same on any device up to round-off). A numerical failure is a status (diverged, not_converged, error), never
     an exception.
     """
     eos, lp = EoSParams.from_config(cfg), LangevinParams.from_config(cfg)
@@ -95,9 +97,10 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     seeds = [s for r in cell.repeats for s in chain_seeds(cfg["seed"], cell.class_sizes, cell.in_features, r, M)]
     net = prior_network(cfg)
     rows = []
+    device = resolve_device(cfg["device"])
     try:
-        target = PosteriorTarget(X.repeat_interleave(M, 0), y.repeat_interleave(M, 0), phi, eos.sigw2, eos.siga2,
-                                 eos.sig2)
+        target = PosteriorTarget(X.repeat_interleave(M, 0).to(device), y.repeat_interleave(M, 0).to(device), phi,
+                                 eos.sigw2, eos.siga2, eos.sig2)
         results = sample_posterior(target, labels, h, lp, seeds, groups=R)
         for r, ds, res in zip(cell.repeats, datasets, results):
             rows.append(_langevin_row(r, res, _gp_mse(ds.X.to(torch.float64), ds.y.to(torch.float64), net, eos.sig2), M))
@@ -107,7 +110,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
                 for r in cell.repeats]
     start = time.perf_counter()
     try:
-        mp = map_point(PosteriorTarget(X, y, phi, eos.sigw2, eos.siga2, eos.sig2), labels, h, seeds[::M],
+        mp = map_point(PosteriorTarget(X.to(device), y.to(device), phi, eos.sigw2, eos.siga2, eos.sig2), labels, h, seeds[::M],
                        step=lp.step, steps=lp.burn_in + lp.samples * lp.thin)
         rows += _map_rows(cell, mp, (time.perf_counter() - start) / R)
     except (RuntimeError, FloatingPointError, ValueError) as exc:

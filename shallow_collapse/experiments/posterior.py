@@ -45,9 +45,9 @@ def _gp_mse(X: torch.Tensor, y: torch.Tensor, net: NetworkParams, sig2: float) -
 
 
 def _langevin_row(repeat: int, result, gp_mse: float, chains: int) -> dict:
-    est = result.estimates
-    lv = result.levels
-    return {"method": "langevin", "repeat": repeat, "nc1": 10 ** est["log10_nc1"][0] if math.isfinite(est["log10_nc1"][0]) else math.nan,
+    est, lv = result.estimates, result.levels
+    log_nc1 = est["log10_nc1"][0]
+    return {"method": "langevin", "repeat": repeat, "nc1": 10**log_nc1 if math.isfinite(log_nc1) else math.nan,
             "status": result.status, "message": result.message,
             "se_log10_nc1": est["log10_nc1"][1],
             "log10_nc1_by_step": ";".join(f"{v[0]:.5g}" for v in (x["log10_nc1"] for x in lv)),
@@ -83,8 +83,8 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
 
     The width is ``hidden_features`` (equal to the AK's ``h``, checked by the job). All repeats'
     chains run as one batch in float64 on the config's ``device`` (the noise is drawn on the CPU
-    from each chain's generator, so a chain is the same on any device up to round-off). A numerical failure is a status (diverged, not_converged, error), never
-    an exception.
+    from each chain's generator, so a chain is the same on any device up to round-off). A
+    numerical failure is a status (diverged, not_converged, error), never an exception.
     """
     eos, lp = EoSParams.from_config(cfg), LangevinParams.from_config(cfg)
     h, M, R = cfg["hidden_features"], lp.chains, len(datasets)

@@ -10,7 +10,7 @@ from typing import Callable
 from . import memory
 from .config import SCHEMA, ConfigError, show
 from .experiments import adaptive_kernel, fcn, limiting_kernels
-from .experiments import posterior as posterior_experiment
+from .experiments import langevin as langevin_experiment
 from .plots.sweep import plot_sweep
 from .sweeps import run_sweep
 
@@ -92,9 +92,9 @@ LANGEVIN_USES = ("L", "activation", "hidden_features", "out_features", "sigw2", 
 
 def fcn_sweep(cfg: dict, run, grid: str):
     """The FCN sweep of ``cfg``'s optimizer: SGD training (:func:`fcn.evaluate_cell`) or posterior
-    sampling (:func:`posterior_experiment.evaluate_cell`)."""
+    sampling (:func:`langevin_experiment.evaluate_cell`)."""
     if cfg["optimizer"] == "langevin":
-        return run_sweep(cfg, run, posterior_experiment.evaluate_cell, grid, posterior_experiment.METHODS, plot_sweep)
+        return run_sweep(cfg, run, langevin_experiment.evaluate_cell, grid, langevin_experiment.METHODS, plot_sweep)
     return run_sweep(cfg, run, fcn.evaluate_cell, grid, ("fcn", "nngp", "ntk"), plot_sweep)
 
 

@@ -10,7 +10,7 @@ import pytest
 from shallow_collapse.cli import main
 from shallow_collapse.compare import paired_differences
 from shallow_collapse.config import load_config
-from shallow_collapse.experiments import posterior
+from shallow_collapse.experiments import langevin
 from shallow_collapse.jobs import JOBS
 from shallow_collapse.matched_study import run_study
 from shallow_collapse.runs import run_hash
@@ -27,20 +27,20 @@ def _cfg(write_config, **keys):
 def test_cell_rows_langevin_map_nngp_ntk_per_repeat(write_config):
     cfg = _cfg(write_config)
     cell = Cell((8, 8), 2, (0, 1))
-    rows = posterior.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
+    rows = langevin.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
     assert sorted((r["method"], r["repeat"]) for r in rows) == sorted(
-        (m, r) for m in posterior.METHODS for r in (0, 1))
+        (m, r) for m in langevin.METHODS for r in (0, 1))
     for r in (r for r in rows if r["method"] == "langevin"):
         assert r["status"] in ("ok", "not_converged") and r["nc1"] > 0 and r["se_log10_nc1"] > 0
         assert len(r["log10_nc1_by_step"].split(";")) == cfg["langevin_levels"] and r["steps"] > 0
-    again = posterior.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
+    again = langevin.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
     assert [r["nc1"] for r in again] == [r["nc1"] for r in rows]  # the seeds of the config fix every draw
 
 
 def test_a_diverging_step_is_a_status_and_the_sweep_goes_on(write_config):
     cfg = {**_cfg(write_config), "langevin_step": 60.0}  # beyond the schema's bound, to force it
     cell = Cell((8, 8), 2, (0,))
-    rows = {r["method"]: r for r in posterior.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))}
+    rows = {r["method"]: r for r in langevin.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))}
     assert rows["langevin"]["status"] == "diverged" and "langevin_step" in rows["langevin"]["message"]
     assert rows["map"]["status"] != "ok"
     assert rows["nngp"]["status"] == "ok"

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from . import cli, compare, paper
+from . import cli, compare, matched_study, paper
 from .jobs import JOBS
 
 COMMANDS = {**{job: (lambda argv, job=job: cli.main(job, argv)) for job in JOBS},
-            "paper": paper.main, "compare": compare.main}
+            "paper": paper.main, "compare": compare.main, "matched_study": matched_study.main}
 
 
 USAGE = ("usage: python -m shallow_collapse JOB CONFIG [key=value ...] [--out DIR]\n"

@@ -41,7 +41,7 @@ def main(job_name: str, argv=None) -> int:
         job.check(cfg)
         check_execution(cfg)
         check_memory(job.memory(cfg))
-        run = open_run(cfg, job_name, job.keys, args.out, argv=command)
+        run = open_run(cfg, job_name, job.keys_for(cfg), args.out, argv=command)
     except (ConfigError, OutputError, RuntimeError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -111,12 +111,14 @@ def _pairs(methods) -> list[tuple[str, str]]:
     pairs = [(m, "nngp") for m in methods if m != "nngp" and "nngp" in methods]
     if "ak" in methods and "fcn" in methods:
         pairs.append(("ak", "fcn"))
+    # the posterior network against the AK that describes it and against its own MAP point
+    pairs += [(m, "langevin") for m in ("ak", "map") if m in methods and "langevin" in methods]
     return pairs
 
 
 def paired_differences(rows) -> list[dict]:
     """Per draw: log10 NC1 (and relative NC1) of method a minus method b, for the pairs
-    (every method - nngp, and ak - fcn); only draws where both statuses are ok."""
+    (every method - nngp, ak - fcn, ak - langevin, map - langevin); only draws where both statuses are ok."""
     index = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     out = []

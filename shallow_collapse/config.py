@@ -25,7 +25,7 @@ import yaml
 from .data import DATA_CLASSES
 from .activations import ACTIVATIONS
 from .eos import STRATEGIES as EOS_STRATEGIES
-from .params import EoSParams, NetworkParams, ProbeParams, SGDParams
+from .params import EoSParams, LangevinParams, NetworkParams, ProbeParams, SGDParams
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "show", "EOS_STRATEGIES",
            "PLOT_FORMATS"]
@@ -57,13 +57,17 @@ NON_NEGATIVE = Bound(lambda v: v >= 0, "a non-negative number", "non-negative nu
 POSITIVE = Bound(lambda v: v > 0, "a positive number", "positive numbers")
 FRACTION = Bound(lambda v: 0 < v < 1, "a number between 0 and 1", "numbers between 0 and 1")
 AT_LEAST_2 = Bound(lambda v: v >= 2, "an integer >= 2 (at least one hidden layer)", "integers >= 2")
+STABLE_STEP = Bound(lambda v: 0 < v < 2, "a number between 0 and 2 (the scheme is unstable from 2 on)", "numbers between 0 and 2")
+TWO_OR_MORE = Bound(lambda v: v >= 2, "an integer >= 2", "integers >= 2")
+FOUR_OR_MORE = Bound(lambda v: v >= 4, "an integer >= 4 (split R-hat halves each chain)", "integers >= 4")
+ABOVE_1 = Bound(lambda v: v > 1, "a number above 1", "numbers above 1")
 
 
 @dataclass(frozen=True)
 class Key:
     default: Any
     type: str  # int, float, bool, str, list[int], list[float], list[list[int]], or "a|b|c" choices
-    scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, run
+    scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, langevin, study, run
     help: str  # a default of None means "derived from other keys" or "not set"
     bound: Bound | None = None  # checked on the value (on each entry of a list), None stays allowed
 
@@ -104,6 +108,31 @@ SCHEMA: dict[str, Key] = {
     "lr": Key(SGDParams.lr, "float", "fcn", "SGD learning rate", bound=NON_NEGATIVE),
     "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum", bound=NON_NEGATIVE),
     "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)", bound=NON_NEGATIVE),
+    # posterior sampling of the network the EoS describe (MATH section 9; docs/POSTERIOR.md)
+    "optimizer": Key("sgd", "sgd|langevin", "langevin",
+                     "FCN sweeps: sgd (train the network) or langevin (sample the Bayesian posterior the EoS "
+                     "describe: priors sigw2, siga2, noise sig2, width hidden_features = h, no bias)"),
+    "langevin_step": Key(LangevinParams.step, "float", "langevin",
+                         "largest Langevin step, in units of each layer's inverse curvature", bound=STABLE_STEP),
+    "langevin_levels": Key(LangevinParams.levels, "int", "langevin",
+                           "step sizes step, step/2, ... extrapolated to step 0 (3 or more: with the step-size check)",
+                           bound=TWO_OR_MORE),
+    "langevin_burn_in": Key(LangevinParams.burn_in, "int", "langevin",
+                            "Langevin steps discarded before sampling at the largest step (doubled per level)",
+                            bound=NON_NEGATIVE_INT),
+    "langevin_samples": Key(LangevinParams.samples, "int", "langevin", "retained samples per chain and step level",
+                            bound=FOUR_OR_MORE),
+    "langevin_thin": Key(LangevinParams.thin, "int", "langevin",
+                         "Langevin steps between retained samples at the largest step (doubled per level)",
+                         bound=POSITIVE_INT),
+    "langevin_chains": Key(LangevinParams.chains, "int", "langevin",
+                           "independent chains per data draw (standard errors and R-hat from their spread)",
+                           bound=TWO_OR_MORE),
+    "langevin_rhat_max": Key(LangevinParams.rhat_max, "float", "langevin",
+                             "a draw whose largest split R-hat exceeds this is not_converged", bound=ABOVE_1),
+    "langevin_ess_min": Key(LangevinParams.ess_min, "float", "langevin",
+                            "a draw whose smallest effective sample size (all its chains) is below this is "
+                            "not_converged", bound=NON_NEGATIVE),
     "probe_features": Key(ProbeParams.probe_features, "bool", "probe", "probe NC1 of every layer's features during training"),
     "probe_weights": Key(ProbeParams.probe_weights, "bool", "probe", "probe the spectra of W^T W during training"),
     "probe_kernels": Key(False, "bool", "probe", "also compute the limiting kernels of the run's data"),
@@ -126,6 +155,11 @@ SCHEMA: dict[str, Key] = {
     "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
                              "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
     "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
+    # the matched study (shallow_collapse.matched_study): one FCN-langevin and one AK sweep per (h, sig2)
+    "hidden_features_list": Key([64, 256, 1024], "list[int]", "study",
+                                "matched study: widths h (hidden_features = h of each pair of sweeps)",
+                                bound=POSITIVE_INT),
+    "sig2_list": Key([1e-2], "list[float]", "study", "matched study: likelihood variances sig2", bound=POSITIVE),
     # execution and output (never hashed: they do not change the numbers)
     "plot_formats": Key(["png"], "list[" + "|".join(PLOT_FORMATS) + "]", "run",
                         "file formats of every figure: any of png, pdf, svg"),
@@ -267,7 +301,8 @@ def _check(cfg: dict) -> None:
     _check_sizes(cfg["class_sizes"], "class_sizes", C)
     _require(sum(cfg["class_sizes"]) == cfg["N"], "class_sizes", f"sizes that sum to N={cfg['N']}",
              cfg["class_sizes"])
-    for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors", "plot_formats"):
+    for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors", "plot_formats",
+                "hidden_features_list", "sig2_list"):
         _require(len(cfg[key]) > 0, key, "a non-empty list", cfg[key])
     for key in ("N_list", "in_features_list", "class_sizes_list"):
         _require(len({str(v) for v in cfg[key]}) == len(cfg[key]), key, "distinct grid entries", cfg[key])

@@ -10,6 +10,7 @@ from typing import Callable
 from . import memory
 from .config import SCHEMA, ConfigError, show
 from .experiments import adaptive_kernel, fcn, limiting_kernels
+from .experiments import langevin as langevin_experiment
 from .plots.sweep import plot_sweep
 from .sweeps import run_sweep
 
@@ -27,6 +28,11 @@ class Job:
     target: Callable  # target(cfg, run) -> None
     memory: Callable  # memory(cfg) -> memory.Need | None, checked before any work
     check: Callable = _no_check  # check(cfg) raises ConfigError for a value the job cannot honour
+    keys_by_optimizer: dict | None = None  # optimizer -> the keys used instead of ``keys`` (FCN sweeps)
+
+    def keys_for(self, cfg: dict) -> tuple:
+        """The keys that enter the run hash of ``cfg``: ``keys``, or those of its optimizer."""
+        return (self.keys_by_optimizer or {}).get(cfg["optimizer"], self.keys)
 
 
 def keys_of(*scopes: str, drop=()) -> tuple:
@@ -41,6 +47,30 @@ def check_adaptive_kernel(cfg: dict) -> None:
                           f"describe one hidden layer), got {show(cfg['L'])}")
 
 
+def check_langevin(cfg: dict) -> None:
+    """The posterior sampler is the network the EoS describe: one hidden layer, one output, width
+    hidden_features equal to the EoS width h, positive prior and noise variances."""
+    if cfg["optimizer"] != "langevin":
+        return
+    expected = {"L": (cfg["L"] == 2, "2 for optimizer langevin (the EoS network has one hidden layer)"),
+                "out_features": (cfg["out_features"] == 1, "1 for optimizer langevin (scalar targets)"),
+                "h": (cfg["h"] == cfg["hidden_features"],
+                      f"the width hidden_features={cfg['hidden_features']} for optimizer langevin (the AK of "
+                      f"width h describes the network of that width)")}
+    expected.update({key: (cfg[key] > 0, "a positive number for optimizer langevin")
+                     for key in ("sigw2", "siga2", "sig2")})
+    for key, (ok, words) in expected.items():
+        if not ok:
+            raise ConfigError(f"config key '{key}': expected {words}, got {show(cfg[key])}")
+
+
+def check_sgd_only(cfg: dict) -> None:
+    """The single FCN run trains with SGD; the posterior sampler runs in the FCN sweeps."""
+    if cfg["optimizer"] != "sgd":
+        raise ConfigError(f"config key 'optimizer': expected sgd for a single run (optimizer langevin runs in "
+                          f"fcn_bulk_balanced.py and fcn_bulk_imbalanced.py), got {show(cfg['optimizer'])}")
+
+
 # The network keys the adaptive kernel does not use: L is fixed (checked above), the EoS prior is
 # sigw2 and their readout siga2, and they have no bias.
 AK_UNUSED = ("L", "bias_std", "hidden_weight_std", "final_weight_std")
@@ -53,6 +83,27 @@ def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple,
     return Job(f"{description} ({grid} classes)", keys_of(*GRID_SCOPES[grid], *scopes, drop=drop),
                partial(run_sweep, evaluate=evaluate, grid=grid, methods=methods, plot=plot_sweep),
                partial(memory.sweep_need, method=prefix, grid=grid), check)
+
+
+# The keys of the posterior sampler (optimizer langevin): the EoS prior and noise, the width, the
+# activation and its own keys; none of SGD's, of the FCN's init or of the EoS solver's.
+LANGEVIN_USES = ("L", "activation", "hidden_features", "out_features", "sigw2", "siga2", "sig2")
+
+
+def fcn_sweep(cfg: dict, run, grid: str):
+    """The FCN sweep of ``cfg``'s optimizer: SGD training (:func:`fcn.evaluate_cell`) or posterior
+    sampling (:func:`langevin_experiment.evaluate_cell`)."""
+    if cfg["optimizer"] == "langevin":
+        return run_sweep(cfg, run, langevin_experiment.evaluate_cell, grid, langevin_experiment.METHODS, plot_sweep)
+    return run_sweep(cfg, run, fcn.evaluate_cell, grid, ("fcn", "nngp", "ntk"), plot_sweep)
+
+
+def fcn_sweep_job(description: str, grid: str) -> Job:
+    job = sweep_job("fcn", description, fcn.evaluate_cell, ("fcn", "nngp", "ntk"), grid, ("network", "fcn"),
+                    check=check_langevin)
+    langevin = tuple(sorted({*keys_of(*GRID_SCOPES[grid], "langevin"), *LANGEVIN_USES}))
+    return Job(job.description, job.keys, partial(fcn_sweep, grid=grid), job.memory, job.check,
+               {"langevin": langevin})
 
 
 GRID_OF = "over a grid of dataset sizes and input dimensions"
@@ -70,9 +121,12 @@ JOBS: dict[str, Job] = {
     f"{prefix}_bulk_{grid}": sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
     for prefix, (description, evaluate, methods, scopes, drop, check) in SWEEPS.items() for grid in GRID_SCOPES
 }
+for _grid in GRID_SCOPES:  # optimizer: langevin samples the posterior network instead (its own hash keys)
+    JOBS[f"fcn_bulk_{_grid}"] = fcn_sweep_job(SWEEPS["fcn"][0] + " (or, with optimizer=langevin, sampled from "
+                                              "the posterior the EoS describe)", _grid)
 JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
                   keys_of("data", "single", "network", "fcn", "probe"), fcn.run,
-                  partial(memory.single_need, method="fcn"))
+                  partial(memory.single_need, method="fcn"), check_sgd_only)
 JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for one dataset and plot the continuation",
                                keys_of("data", "single", "network", "ak", drop=AK_UNUSED), adaptive_kernel.run,
                                partial(memory.single_need, method="adaptive_kernels"), check_adaptive_kernel)

@@ -23,7 +23,7 @@ __all__ = ["Need", "cell_bytes", "sweep_need", "single_need", "available_memory"
 F32, F64 = 4, 8
 WORKER_BYTES = 400 * 2**20  # a spawned worker process with torch, numpy and scipy imported
 GRID_KEYS = {"balanced": "N_list", "imbalanced": "class_sizes_list"}
-METHOD_KEYS = {"limiting_kernels": ("L",), "fcn": ("hidden_features", "L", "num_epochs"),
+METHOD_KEYS = {"limiting_kernels": ("L",), "fcn": ("hidden_features", "L", "num_epochs", "langevin_chains"),
                "adaptive_kernels": ("inner_maxiter",)}
 
 
@@ -47,11 +47,24 @@ def _limiting_kernels(cfg, N, d, R):
 
 
 def _fcn(cfg, N, d, R):
+    if cfg["optimizer"] == "langevin":
+        return _langevin(cfg, N, d, R)
     h, layers = cfg["hidden_features"], cfg["L"] - 1
     params = d * h + (layers - 1) * h * h + h * cfg["out_features"] + layers * h
     training = R * params * F32 * 4 + layers * R * N * h * (4 * F32 + 4 * F64)  # weights, grads, features
     probes = layers * R * h * h * F64 * 3 + R * cfg["num_epochs"] * F64
     return _limiting_kernels(cfg, N, d, R) + training + probes
+
+
+def _langevin(cfg, N, d, R):
+    """The posterior sampler (float64): R * chains chains, each with its features and their autograd
+    copies (about 6 of (N, h)), weights, gradients and noise (about 8 of (h, d)), the N x N
+    Gauss-Newton matrices of the curvature estimate (about 4) and the per-sample records."""
+    B, h = R * cfg["langevin_chains"], cfg["hidden_features"]
+    levels = cfg["langevin_levels"]
+    per_chain = 6 * N * h + 8 * h * (d + 1) + 4 * N * N + 2 * N * (d + 2) + d * d * (levels + 2)
+    records = 3 * levels * cfg["langevin_samples"] * F64
+    return _limiting_kernels(cfg, N, d, R) + B * (per_chain * F64 + records)
 
 
 def _adaptive_kernels(cfg, N, d, R):

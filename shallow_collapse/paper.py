@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from . import cli
+from . import cli, matched_study
 from .compare import compare
 from .config import ConfigError, load_config, parse_override, read_yaml, resolve
 from .executors import check_execution
@@ -73,7 +73,7 @@ def plan(config, overrides=(), configs_dir=None) -> tuple[dict, dict, dict]:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         check_execution(cfg)
-        sweeps[job] = {"config": path, "cfg": cfg, "hash": run_hash(cfg, job, JOBS[job].keys)}
+        sweeps[job] = {"config": path, "cfg": cfg, "hash": run_hash(cfg, job, JOBS[job].keys_for(cfg))}
     return paper_cfg, shared, sweeps
 
 
@@ -185,9 +185,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out", metavar="DIR", help="output root (default: out/)")
     parser.add_argument("--configs", default=None, metavar="DIR",
                         help="folder of the six sweep configs (default: the folder of CONFIG)")
+    parser.add_argument("--matched", default=None, metavar="CONFIG",
+                        help="then also run the matched study of this config (the AK against the posterior "
+                             "network it describes, e.g. configs/matched_study.yml; about 10 minutes)")
     args = parser.parse_intermixed_args(argv)
     try:
         paper_cfg, shared, sweeps = plan(args.config, args.overrides, args.configs)
+        if args.matched is not None:
+            load_config(args.matched)
     except ConfigError as exc:
         print(f"paper.py: error: {exc}", file=sys.stderr)
         return 2
@@ -201,4 +206,6 @@ def main(argv=None) -> int:
         if record["status"] not in ("ok", "not run"):
             print(f"paper.py: {job}: {record['status']} {record['message']}", file=sys.stderr)
     print(folder)
+    if args.matched is not None and code == 0:
+        code = matched_study.main([args.matched, "--out", args.out])
     return code

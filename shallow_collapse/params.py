@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-__all__ = ["NetworkParams", "EoSParams", "SGDParams", "ProbeParams"]
+__all__ = ["NetworkParams", "EoSParams", "SGDParams", "LangevinParams", "ProbeParams"]
 
 
 class _Group:
@@ -74,6 +74,33 @@ class SGDParams(_Group):
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LangevinParams(_Group):
+    """Langevin sampling of the posterior the EoS describe (MATH.md section 9,
+    :func:`~shallow_collapse.posterior.sample_posterior`).
+
+    ``step``: dimensionless step eta of the largest level (each layer's step is eta over its
+    largest curvature; stable below 2); ``levels``: step sizes eta, eta/2, ... extrapolated to 0;
+    ``burn_in``: steps before sampling at the largest step (doubled per level, as is ``thin``,
+    so every level covers the same physical time); ``samples``: retained samples per chain and
+    level; ``chains``: independent chains per data draw; ``rhat_max``, ``ess_min``: a cell whose
+    largest split R-hat exceeds ``rhat_max`` or whose smallest effective sample size (all chains
+    of a draw together) is below ``ess_min`` is not converged.
+    """
+
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {name: f"langevin_{name}" for name in (
+        "step", "levels", "burn_in", "samples", "thin", "chains", "rhat_max", "ess_min")}
+
+    step: float = 1.0
+    levels: int = 3
+    burn_in: int = 1000
+    samples: int = 64
+    thin: int = 40
+    chains: int = 4
+    rhat_max: float = 1.1
+    ess_min: float = 32.0
 
 
 @dataclass(frozen=True, kw_only=True)

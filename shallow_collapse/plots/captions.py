@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+from .matched import CAPTIONS as MATCHED_CAPTIONS
 from .sweep import METHOD_LABELS
 
 __all__ = ["CAPTIONS", "PATTERNS", "caption"]
@@ -25,6 +26,8 @@ CAPTIONS = {
                    f"one panel per N or class-size tuple, {_BAND}.",
     "compare_rel_nc1": "Relative NC1, log10(NC1 / NC1(X)), against d of FCN, NNGP, NTK and the adaptive "
                        f"kernel on identical draws, one panel per N or class-size tuple, {_BAND}.",
+    # the matched study (plots/matched.py)
+    **MATCHED_CAPTIONS,
     # one trained network (plots/fcn.py)
     "loss": "Training loss per epoch (mean over batches) and the full-data loss at every probe.",
     "nc1": "log10 NC1 of every layer's pre- and post-activation features by epoch, trace form (left) and "

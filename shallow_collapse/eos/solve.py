@@ -118,13 +118,17 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
 
 
 def _least_action(ev: EoSEvaluator, branches: list[Branch], h: float) -> Branch:
-    """The converged branch of least action at ``h`` (also where two reached the same point and
-    their actions differ by float64 noise only: the reported action is then the least one); the
-    first (primary) branch when none converged."""
+    """The converged branch of least action at ``h``; the first (primary) branch when none
+    converged, or when it reached the same point (within ``SAME_POINT``: S then differs by
+    float64 noise only)."""
     converged = [b for b in branches if b.converged]
     if not converged:
         return branches[0]
-    return min(converged, key=lambda b: ev.action(b.state, h))
+    best = min(converged, key=lambda b: ev.action(b.state, h))
+    primary = branches[0]
+    if primary.converged and _gap(primary.state, best.state) <= tol.SAME_POINT:
+        return primary
+    return best
 
 
 def _gap(a: EoSState, b: EoSState) -> float:

@@ -8,7 +8,7 @@ import torch
 
 from shallow_collapse import activations, data, eos
 
-from eos_cases import dense_action, paper, paper_data, random_sigma
+from eos_cases import dense_action, paper, paper_data, random_sigma, reference_q_g, reference_state
 
 
 # -- the map and its closed-form gradient ------------------------------------------------------
@@ -133,3 +133,48 @@ def test_stationary_points_of_the_action_solve_the_eos():
         P = torch.linalg.inv(ev.sigma_new(state.T, chi))
         expected = 0.5 * chi * (P - torch.linalg.inv(state.Sigma))
         assert torch.allclose(ev.action_gradient(state, chi), expected, rtol=0, atol=1e-10 * expected.abs().max())
+
+
+# -- the fast evaluation against the plain dense one -------------------------------------------
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_fast_evaluation_equals_the_dense_reference(activation, d):
+    """Compiled loops + LAPACK against :func:`reference_state`, where M is well conditioned
+    (sig2 = 1e-2): two backward-stable inverses then agree to ~kappa(M) eps, below 1e-12.
+    d = 1: every pair of points is collinear (the ReLU cosine is snapped to +-1)."""
+    ds = paper_data(96, d, seed=3)
+    S = random_sigma(d, seed=1)
+    p = paper(siga2=0.5, sig2=1e-2)
+    state = eos.EoSEvaluator(ds.X, ds.y, p, activation=activation).state(S)
+    Q, alpha, nll, T, T_scale = reference_state(ds.X, ds.y, 0.5 * (S + S.T), activation, 0.5, 1e-2)
+    assert _rel(state.Q, Q) < 1e-13 and _rel(state.alpha, alpha) < 1e-12
+    # T = X^T G X sums terms of both signs (at d = 1, ReLU: |T| ~ 1e-6 of the sum of their sizes):
+    # its round-off is relative to that sum, T_scale.
+    assert float((state.T - T).abs().max()) < 1e-12 * T_scale
+    assert math.isclose(state.nll, nll, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_compiled_q_and_g_equal_the_dense_forms_at_the_papers_sig2(activation, d):
+    """The activation's fused forms on CPU (compiled) against :func:`reference_q_g` on the same K
+    and the same A = M^{-1} - alpha alpha^T (entries ~1e12 at sig2 = 1e-6): round-off only."""
+    ds = paper_data(96, d, seed=4)
+    S = random_sigma(d, seed=2)
+    K = ds.X @ S @ ds.X.T
+    act = activations.get(activation)
+    Q, ctx = act.eos_q(K.clone(), K.diagonal().clone(), 1 / 128)
+    Q_ref, _ = reference_q_g(K, torch.zeros_like(K), activation, 1 / 128)
+    M_inv = torch.linalg.inv(Q_ref + 1e-6 * torch.eye(96, dtype=torch.float64))
+    alpha = M_inv @ ds.y
+    A = M_inv - torch.outer(alpha, alpha)
+    A = 0.5 * (A + A.T)
+    G, scale = act.eos_g(A.clone(), ctx, 1 / 128)
+    _, G_ref = reference_q_g(K, A, activation, 1 / 128)
+    assert _rel(Q, Q_ref) < 1e-13 and torch.equal(Q, Q.T)
+    assert _rel(scale * G, G_ref) < 1e-12 and torch.equal(G, G.T)

@@ -22,6 +22,7 @@ evaluation gives the residual, the action and its gradient for any annealing fac
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from scipy.linalg import lapack
 
 from . import loops
+from . import tolerances as tol
 from .. import activations
 from ..devices import resolve_device
 from ..params import EoSParams, NetworkParams
@@ -89,6 +91,9 @@ class EoSEvaluator:
         self.sigw2, self.siga2, self.sig2 = float(params.sigw2), float(params.siga2), float(params.sig2)
         self.evaluations = 0
         self._eye_d = torch.eye(self.d, dtype=torch.float64, device=self.device)
+        # (Sigma, T) of the latest evaluations, d x d each: the certificate reads curvature along
+        # the directions the solver explored last from them (T does not depend on chi).
+        self.recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=tol.RECENT_EVALUATIONS)
 
     # -- the O(N^3) part -------------------------------------------------------------------
     def state(self, Sigma: torch.Tensor) -> EoSState:
@@ -121,6 +126,7 @@ class EoSEvaluator:
         T = 0.5 * (T + T.T)
         if not (bool(torch.isfinite(T).all()) and bool(torch.isfinite(alpha).all()) and math.isfinite(nll)):
             raise EvaluationError("non-finite gradient, alpha or likelihood")
+        self.recent.append((Sigma, T))
         return EoSState(Sigma=Sigma, T=T, Q=Q, alpha=alpha, fbar=fbar, nll=nll)
 
     # -- the O(d^3) part -------------------------------------------------------------------
@@ -152,8 +158,12 @@ class EoSEvaluator:
     def action_gradient(self, state: EoSState, chi: float) -> torch.Tensor:
         """``grad S = (1/2)[chi((d/sigw2) I - Sigma^{-1}) + T]`` ``(d, d)``, the gradient on symmetric
         matrices (``dS = Tr(grad S dSigma)``)."""
-        inv = torch.cholesky_inverse(torch.linalg.cholesky(state.Sigma))
-        g = 0.5 * (chi * (self._eye_d * (self.d / self.sigw2) - inv) + state.T)
+        return self.gradient(state.Sigma, state.T, chi)
+
+    def gradient(self, Sigma: torch.Tensor, T: torch.Tensor, chi: float) -> torch.Tensor:
+        """:meth:`action_gradient` from ``Sigma`` and its ``T`` alone (O(d^3))."""
+        inv = torch.cholesky_inverse(torch.linalg.cholesky(Sigma))
+        g = 0.5 * (chi * (self._eye_d * (self.d / self.sigw2) - inv) + T)
         return 0.5 * (g + g.T)
 
     def nngp_sigma(self) -> torch.Tensor:

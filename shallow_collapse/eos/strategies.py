@@ -225,7 +225,8 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
         Lt = factor(theta)
         L = L0 @ Lt
         try:
-            st = ev.state(L @ L.T)
+            # theta = 0 is the start itself (L-BFGS-B evaluates it first): no new evaluation.
+            st = start if not np.any(theta) else ev.state(L @ L.T)
             value, G = ev.action(st, chi), ev.action_gradient(st, chi)
         except (EvaluationError, torch.linalg.LinAlgError) as err:
             raise _Abort(f"unusable trial point: {err}") from None

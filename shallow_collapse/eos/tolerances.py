@@ -56,6 +56,14 @@ NEWTON_KRYLOV_UNUSABLE = 1e6
 # ~ eps / CERTIFY_STEP relative; tests/eos/test_certificate.py checks it against 1 - slope at d = 1).
 CERTIFY_DIRECTIONS = 2
 CERTIFY_STEP = 1e-4
+# Curvature along directions the solver explored: a recent evaluation at relative distance in
+# [CERTIFY_EXPLORED_MIN, CERTIFY_STEP] from the solution gives the same forward difference as an
+# extra evaluation would, for free. The lower bound keeps the difference above round-off (erf: T
+# has ~1e-12 relative noise, hence <= 1e-6 relative error in the curvature). Two directions count
+# as distinct when |cos| <= CERTIFY_DISTINCT in the whitened inner product. Evaluations kept:
+RECENT_EVALUATIONS = 12
+CERTIFY_EXPLORED_MIN = 1e-6
+CERTIFY_DISTINCT = 0.9
 
 # -- solutions -------------------------------------------------------------------------------------
 # Candidates whose Sigma differ by less than this (relative to max|Sigma|) are the same solution:

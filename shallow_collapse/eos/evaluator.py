@@ -90,6 +90,8 @@ class EoSEvaluator:
         self.activation = activation
         self.sigw2, self.siga2, self.sig2 = float(params.sigw2), float(params.siga2), float(params.sig2)
         self.evaluations = 0
+        # ReLU on collinear data (d = 1): Q has rank two in closed form (_collinear_relu_state).
+        self._rank_two = activation == "relu" and self.d == 1
         self._eye_d = torch.eye(self.d, dtype=torch.float64, device=self.device)
         # (Sigma, T) of the latest evaluations, d x d each: the certificate reads curvature along
         # the directions the solver explored last from them (T does not depend on chi).
@@ -113,6 +115,8 @@ class EoSEvaluator:
         if not bool(torch.all(diag > 0)):
             raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
         Q, ctx = self.act.eos_q(K, diag, self.siga2)  # K is overwritten
+        if self._rank_two:
+            return self._collinear_relu_state(Sigma, Q)
         M = Q.clone()
         M.diagonal().add_(self.sig2)
         if self.device.type == "cpu":
@@ -126,6 +130,31 @@ class EoSEvaluator:
         T = 0.5 * (T + T.T)
         if not (bool(torch.isfinite(T).all()) and bool(torch.isfinite(alpha).all()) and math.isfinite(nll)):
             raise EvaluationError("non-finite gradient, alpha or likelihood")
+        self.recent.append((Sigma, T))
+        return EoSState(Sigma=Sigma, T=T, Q=Q, alpha=alpha, fbar=fbar, nll=nll)
+
+    def _collinear_relu_state(self, Sigma: torch.Tensor, Q: torch.Tensor) -> EoSState:
+        """ReLU at d = 1: every pair of points is collinear, so Q = U U^T exactly with the two
+        columns ``u_+- = sqrt(c) relu(+-x)``, ``c = siga2 s / 2`` (``Sigma = [[s]]``), orthogonal.
+        With ``w = |u|^2`` and ``p = u . y`` Woodbury gives everything in O(N), without forming the
+        ill-conditioned ``M^{-1}`` (whose explicit form made the map noisy at sig2 = 1e-6):
+        ``u^T M^{-1} u = w / (sig2 + w)``, ``u^T alpha = p / (sig2 + w)``,
+        ``alpha = (y - sum u p / (sig2 + w)) / sig2``, ``log det M = (N - 2) log sig2 +
+        sum log(sig2 + w)``, and since Q is linear in s, ``T = Tr(A Q) / s =
+        sum [w / (sig2 + w) - p^2 / (sig2 + w)^2] / s`` (docs/MATH.md section 6)."""
+        s, sig2, y = float(Sigma[0, 0]), self.sig2, self.y
+        x = self.X[:, 0]
+        U = torch.stack([x.clamp(min=0.0), (-x).clamp(min=0.0)], 1) * math.sqrt(self.siga2 * s / 2.0)  # (N, 2)
+        w = (U * U).sum(0)
+        p = U.T @ y
+        fbar = U @ (p / (sig2 + w))
+        alpha = (y - fbar) / sig2
+        y_alpha = (float(y @ y) - float((p * p / (sig2 + w)).sum())) / sig2
+        log_det = (self.N - 2) * math.log(sig2) + float(torch.log(sig2 + w).sum())
+        nll = 0.5 * y_alpha + 0.5 * log_det
+        T = ((w / (sig2 + w) - p * p / (sig2 + w) ** 2).sum() / s).reshape(1, 1)
+        if not (bool(torch.isfinite(T).all()) and math.isfinite(nll)):
+            raise EvaluationError("non-finite gradient or likelihood")
         self.recent.append((Sigma, T))
         return EoSState(Sigma=Sigma, T=T, Q=Q, alpha=alpha, fbar=fbar, nll=nll)
 

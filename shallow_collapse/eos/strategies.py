@@ -213,6 +213,7 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
     L0 = torch.linalg.cholesky(start.Sigma)
     seen: dict[bytes, EoSState] = {}
     track = {"state": start, "rel": ev.rel_residual(start, chi), "iterations": 0}
+    last = {"value": None, "g": None, "backtracks": 0}  # the last usable point L-BFGS-B asked for
 
     def factor(theta) -> torch.Tensor:
         t = torch.as_tensor(theta, dtype=torch.float64, device=ev.device).clone()
@@ -229,13 +230,21 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
             st = start if not np.any(theta) else ev.state(L @ L.T)
             value, G = ev.action(st, chi), ev.action_gradient(st, chi)
         except (EvaluationError, torch.linalg.LinAlgError) as err:
-            raise _Abort(f"unusable trial point: {err}") from None
+            # A trial point too far along the search direction (M numerically indefinite at a
+            # huge Sigma, say): report an action far above the last one, so the line search
+            # backtracks toward the last usable point instead of the step failing.
+            if last["value"] is None or last["backtracks"] >= tol.LBFGS_MAX_BACKTRACKS:
+                raise _Abort(f"unusable trial point: {err}") from None
+            last["backtracks"] += 1
+            return last["value"] + tol.LBFGS_BACKTRACK_PENALTY * (1.0 + abs(last["value"])), last["g"]
         seen.clear()  # only the latest point is ever asked for by the callback
         seen[theta.tobytes()] = st
         grad = 2.0 * (L0.T @ G @ L)  # dS/dLt, then the chain rule through exp on the diagonal
         g = grad[rows, cols]
         g[on_diag] *= Lt.diagonal()
-        return value, g.cpu().numpy()
+        g = g.cpu().numpy()
+        last.update(value=value, g=g)
+        return value, g
 
     def callback(intermediate_result):
         st = seen.get(intermediate_result.x.tobytes())

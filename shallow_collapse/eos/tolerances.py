@@ -27,6 +27,11 @@ POLISH_MEMORY_MAX = 10
 LBFGS_CORRECTIONS = 10
 LBFGS_FUN_PER_ITER = 2
 LBFGS_FUN_EXTRA = 20
+# An unusable trial point (EvaluationError) is answered with an action this many times |S| above
+# the last usable one, so that the line search backtracks; at most this many times per run
+# (chosen: each backtrack at least halves the step in More-Thuente's interpolation).
+LBFGS_BACKTRACK_PENALTY = 1e3
+LBFGS_MAX_BACKTRACKS = 30
 
 # -- anderson --------------------------------------------------------------------------------------
 # A residual this many times the best one restarts the history from the best point (chosen).

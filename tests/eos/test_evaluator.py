@@ -178,3 +178,15 @@ def test_compiled_q_and_g_equal_the_dense_forms_at_the_papers_sig2(activation, d
     _, G_ref = reference_q_g(K, A, activation, 1 / 128)
     assert _rel(Q, Q_ref) < 1e-13 and torch.equal(Q, Q.T)
     assert _rel(scale * G, G_ref) < 1e-12 and torch.equal(G, G.T)
+
+
+def test_collinear_relu_state_equals_the_dense_reference():
+    """ReLU at d = 1 (Q of rank two, Woodbury in O(N)) against the dense Cholesky path where M
+    is well conditioned (sig2 = 1e-2); at sig2 = 1e-6 the dense path loses ~1e-6 of T."""
+    ds = paper_data(128, 1, seed=5)
+    S = torch.tensor([[0.7]], dtype=torch.float64)
+    state = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-2), activation="relu").state(S)
+    Q, alpha, nll, T, T_scale = reference_state(ds.X, ds.y, S, "relu", 0.5, 1e-2)
+    assert _rel(state.Q, Q) < 1e-13 and _rel(state.alpha, alpha) < 1e-10
+    assert _rel(state.fbar, ds.y - 1e-2 * alpha) < 1e-10
+    assert float((state.T - T).abs().max()) < 1e-12 * T_scale and math.isclose(state.nll, nll, rel_tol=1e-12)

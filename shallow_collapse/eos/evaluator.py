@@ -158,6 +158,15 @@ class EoSEvaluator:
         self.recent.append((Sigma, T))
         return EoSState(Sigma=Sigma, T=T, Q=Q, alpha=alpha, fbar=fbar, nll=nll)
 
+    def kernel(self, Sigma: torch.Tensor) -> torch.Tensor:
+        """``Q = siga2 Kphi(X Sigma X^T)`` ``(N, N)`` alone (O(N^2 d); not counted as an evaluation)."""
+        Sigma = torch.as_tensor(Sigma).to(device=self.device, dtype=torch.float64)
+        K = (self.X @ (0.5 * (Sigma + Sigma.T))) @ self.X.T
+        diag = torch.diagonal(K).clone()
+        if not bool(torch.all(diag > 0)):
+            raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
+        return self.act.eos_q(K, diag, self.siga2)[0]
+
     # -- the O(d^3) part -------------------------------------------------------------------
     def sigma_new(self, T: torch.Tensor, chi: float) -> torch.Tensor:
         """``[(d / sigw2) I + T / chi]^{-1}`` ``(d, d)`` (Cholesky when positive definite)."""

@@ -90,7 +90,10 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
         if name != strategy:
             branches.append(branch(name, name != "minimize"))
     chosen = _least_action(ev, branches, float(h))
-    curvature = _curvature(ev, chosen.state, chosen.chi) if chosen.converged else math.nan
+    # Stalled next to the solution at chi = h, below the float64 noise of the map: certify it too.
+    stalled = (not chosen.converged and chosen.chi == float(h) and chosen.noise > options.rtol
+               and ev.rel_residual(chosen.state, float(h)) <= tol.NOISE_LIMITED_FACTOR * chosen.noise)
+    curvature = _curvature(ev, chosen.state, chosen.chi) if chosen.converged or stalled else math.nan
     found = _candidates(ev, branches, chosen, float(h))
     primary = branches[0]
     message = primary.message
@@ -114,7 +117,9 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
         action=ev.action(final, float(h)), curvature=curvature, factor=chosen.chi,
         evaluations=ev.evaluations, seconds=time.perf_counter() - t_start, strategy=strategy,
         origin=chosen.origin, steps=primary.steps, candidates=found,
-        failed_factor=None if chosen.converged else primary.failed_factor, message=message)
+        failed_factor=None if chosen.converged else primary.failed_factor, message=message,
+        noise=chosen.noise, noise_limited=bool(stalled and curvature > 0),
+        Sigma_next=ev.sigma_new(final.T, float(h)).cpu())
 
 
 def _least_action(ev: EoSEvaluator, branches: list[Branch], h: float) -> Branch:

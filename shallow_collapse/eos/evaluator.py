@@ -16,8 +16,10 @@ likelihood) has the gradient ``(1/2)[chi((d/sigw2) I - Sigma^{-1}) + T]``: the E
 stationarity condition.
 
 One evaluation (:meth:`EoSEvaluator.state`) costs one Cholesky factorisation of ``M`` and one
-inverse from it (O(N^3)); everything else is O(N^2 d). ``T`` does not depend on ``chi``, so one
-evaluation gives the residual, the action and its gradient for any annealing factor.
+inverse from it (O(N^3); scipy's LAPACK on M's own memory on CPU, torch on CUDA) and O(N^2 d)
+elementwise work (compiled loops on CPU, :mod:`.loops`); ReLU at d = 1 needs no factorisation
+(Q has rank two, :meth:`EoSEvaluator._collinear_relu_state`). ``T`` does not depend on ``chi``, so
+one evaluation gives the residual, the action and its gradient for any annealing factor.
 """
 from __future__ import annotations
 

@@ -230,7 +230,7 @@ def test_relu_at_the_papers_sig2_d2_is_ok_or_noise_limited_with_a_bound(N):
     assert result.status in ("ok", "noise_limited"), result.message
     assert result.curvature > 0
     if result.status == "noise_limited":
-        assert result.noise > PAPER.rtol and result.rel_residual <= 2.0 * result.noise
+        assert result.noise > PAPER.rtol and result.rel_residual <= 5.0 * result.noise
         assert not result.converged and not result.certified and "float64 noise" in result.message
         bound = eos.nc1_error_bound(result, ds.X, ds.labels, PAPER, activation="relu")
         assert 0 <= bound < 1e-2 * float(metrics.nc1_kernel(result.Q, ds.labels))

@@ -91,7 +91,8 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
             branches.append(branch(name, name != "minimize"))
     chosen = _least_action(ev, branches, float(h))
     # Stalled next to the solution at chi = h, below the float64 noise of the map: certify it too.
-    stalled = (not chosen.converged and chosen.chi == float(h) and chosen.noise > options.rtol
+    stalled = (not chosen.converged and chosen.chi == float(h)
+               and chosen.noise > max(options.rtol, tol.NOISE_LIMITED_MIN)
                and ev.rel_residual(chosen.state, float(h)) <= tol.NOISE_LIMITED_FACTOR * chosen.noise)
     curvature = _curvature(ev, chosen.state, chosen.chi) if chosen.converged or stalled else math.nan
     found = _candidates(ev, branches, chosen, float(h))

@@ -39,7 +39,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     action at chi = h, ``status`` ok (converged to ``rtol`` and certified a local minimum of the
     action) / noise_limited (stalled next to the solution below the float64 noise of the map,
     S curving upward there; ``nc1_error_bound`` estimates how far ``nc1`` may be from that of the
-    exact solution, nan for other statuses) / not_converged (``nc1`` is then that of the last
+    exact solution, empty for other statuses) / not_converged (``nc1`` is then that of the last
     point reached, at chi = ``factor``;
     ``failed_factor`` and ``message`` say where and why) / not_minimum / nan / error, plus the
     solver columns ``action`` (S at the answer), ``rel_residual`` (max|Sigma - Sigma_new| /
@@ -66,7 +66,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
         nc1 = float(metrics.nc1_kernel(result.Q, ds.labels))
         nc1_0 = float(metrics.nc1_kernel(result.Q0, ds.labels))
         bound = (nc1_error_bound(result, ds.X, ds.labels, EoSParams.from_config(cfg), activation=cfg["activation"])
-                 if result.status == "noise_limited" else math.nan)
+                 if result.status == "noise_limited" else None)  # None: an empty cell, like failed_factor
         rows.append({"method": "ak", "repeat": repeat, "nc1": nc1, "status": result.status,
                      "nc1_error_bound": bound, **_solver_columns(result)})
         rows.append({"method": "nngp", "repeat": repeat, "nc1": nc1_0,

@@ -12,7 +12,7 @@ import torch
 
 from .. import metrics
 from ..eos import EoSResult, solve_eos
-from ..params import EoSParams
+from ..params import EoSParams, NetworkParams
 from . import single_run_data
 
 __all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe"]
@@ -21,8 +21,8 @@ __all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe"]
 def solve(cfg: dict, ds, **options) -> EoSResult:
     """:func:`~shallow_collapse.eos.solve_eos` on the draw ``ds`` with the config's EoS keys
     (:class:`~shallow_collapse.params.EoSParams`), activation and device; ``options`` are passed on."""
-    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=cfg["activation"], device=cfg["device"],
-                     **options)
+    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=NetworkParams.from_config(cfg).act,
+                     device=cfg["device"], **options)
 
 
 def _solver_columns(result: EoSResult) -> dict:

@@ -90,6 +90,11 @@ def _erf_kernel_phi(K):
 def _erf_eos_q(K, diag, siga2):
     D = 1.0 + 2.0 * diag
     r = D.rsqrt()
+    if K.device.type == "cpu":  # one compiled pass over the entry pairs (shallow_collapse/eos/loops.py)
+        from .eos import loops
+        Q, wdiag = torch.empty_like(K), torch.empty_like(diag)
+        loops.erf_q(K.numpy(), r.numpy(), siga2 * 2.0 / math.pi, Q.numpy(), wdiag.numpy())
+        return Q, (K, wdiag, r, D)
     rr = torch.outer(r, r).mul_(2.0)  # 2 r r^T
     C = K.mul_(rr).clamp_(-1.0, 1.0)  # C = 2 K o r r^T, in K's memory
     return torch.asin(C).mul_(siga2 * 2.0 / math.pi), (C, rr, D)
@@ -99,6 +104,11 @@ def _erf_eos_g(A, ctx, siga2):
     # B = c0 A o (1 - C^2)^(-1/2) with c0 = siga2 (2/pi);
     # G = 2 B o r r^T - 2 diag(sum_j B_ij C_ij / D_i) = c0 [Bu o rr - diag(2 (Bu C) 1 / D)]
     # with Bu = B / c0 and rr = 2 r r^T; c0 is the returned scale (applied to the d x d result).
+    if A.device.type == "cpu":  # ctx from the compiled Q pass: C above the diagonal, W below
+        from .eos import loops
+        KC, wdiag, r, D = ctx
+        loops.erf_g(A.numpy(), KC.numpy(), wdiag.numpy(), r.numpy(), D.numpy())
+        return A, siga2 * 2.0 / math.pi
     C, rr, D = ctx
     W = torch.addcmul(torch.ones((), dtype=C.dtype, device=C.device), C, C, value=-1.0)
     Bu = A.mul_(W.clamp_min_(1e-300).rsqrt_())
@@ -151,8 +161,15 @@ def _relu_kernel_phi(K):
 
 
 def _relu_eos_q(K, diag, siga2):
+    if K.device.type == "cpu":  # one compiled pass over the entry pairs (shallow_collapse/eos/loops.py)
+        from .eos import loops
+        Q = torch.empty_like(K)
+        loops.relu_q(K.numpy(), diag.numpy(), siga2, _SNAP, Q.numpy())
+        return Q, (K, diag)
     n = torch.sqrt(diag[:, None] * diag[None, :])
     cos = (K / n).clamp_(-1.0, 1.0)
+    # Within a few ulps of +-1 (collinear points), round-off would become theta ~ 1e-8: snap it.
+    cos = torch.where(cos.abs() > _SNAP, cos.sign(), cos)
     sin = (1.0 - cos * cos).clamp_min_(0.0).sqrt_()
     theta = torch.atan2(sin, cos)
     Q = (sin + (math.pi - theta) * cos).mul_(n * (siga2 / (2.0 * math.pi)))
@@ -161,6 +178,11 @@ def _relu_eos_q(K, diag, siga2):
 
 def _relu_eos_g(A, ctx, siga2):
     # G = siga2 [A o Kdphi + diag(sum_j A_ij n_ij sin(theta_ij) / (2 pi K_ii))]
+    if A.device.type == "cpu":  # ctx from the compiled Q pass: pi - theta above, n sin below
+        from .eos import loops
+        KC, diag = ctx
+        loops.relu_g(A.numpy(), KC.numpy(), diag.numpy(), siga2)
+        return A, 1.0
     n, sin, theta, diag = ctx
     diag_term = (A * n * sin).sum(1).div_(2.0 * math.pi * diag).mul_(siga2)
     G = A.mul_((math.pi - theta).mul_(siga2 / (2.0 * math.pi)))

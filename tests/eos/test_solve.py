@@ -1,4 +1,4 @@
-"""The Equations-of-State solver and the action (docs/MATH.md sections 6 and 7)."""
+"""Solving the EoS: strategies, continuation, least action, status (docs/MATH.md section 7)."""
 from __future__ import annotations
 
 import math
@@ -9,167 +9,10 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from shallow_collapse import activations, data, eos, kernels, metrics
-from shallow_collapse.params import EoSParams, NetworkParams
+from shallow_collapse import eos, kernels, metrics
+from shallow_collapse.params import NetworkParams
 
-# The paper's AK hyper-parameters (configs/adaptive_kernels*.yml) are the defaults.
-PAPER = EoSParams()
-SCHEDULE = (1e5, 1e4, 2e3, 1e3)
-
-
-def paper(**changes) -> EoSParams:
-    """The paper's EoS parameters with ``changes``."""
-    return replace(PAPER, **changes)
-
-
-def paper_data(N, d, seed=0, repeat=0):
-    return data.gaussian_data((N // 2, N // 2), d, (-2.0, 2.0), (0.5, 0.5), seed, repeat)
-
-
-def random_sigma(d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    R = torch.randn(d, d, generator=g, dtype=torch.float64)
-    return R @ R.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
-
-
-def dense_action(X, y, Sigma, chi, *, activation="erf", sigw2=1.0, siga2=1.0 / 128, sig2=1e-6):
-    """S(Sigma) written independently of the solver: plain torch ops (differentiable), a dense
-    solve and slogdet instead of the Cholesky path, and no closed-form gradient."""
-    N, d = X.shape
-    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
-    prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
-    return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
-
-
-def dense_derivative_1d(X, y, s, chi, **params):
-    """dS/ds at Sigma = [[s]] by autograd through :func:`dense_action` (d = 1)."""
-    v = torch.tensor([[s]], dtype=torch.float64, requires_grad=True)
-    dense_action(X, y, v, chi, **params).backward()
-    return float(v.grad)
-
-
-# -- the map and its closed-form gradient ------------------------------------------------------
-
-@pytest.mark.parametrize("activation", ["erf", "relu"])
-@pytest.mark.parametrize("sig2", [0.1, 1e-6])
-def test_closed_form_gradient_matches_autograd(activation, sig2):
-    ds = data.gaussian_data((20, 20), 3, (-2.0, 2.0), (0.5, 0.5), 1, 0)
-    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.3, sig2=sig2), activation=activation)
-    S = random_sigma(3)
-    state = ev.state(S)
-    # Independent reference: dense inverse for A, autograd through Q(Sigma) with A held fixed.
-    Q_ref = 0.3 * activations.kernel_phi(ds.X @ S @ ds.X.T, activation)
-    M_inv = torch.linalg.inv(Q_ref + sig2 * torch.eye(40, dtype=torch.float64))
-    alpha = M_inv @ ds.y
-    A = M_inv - torch.outer(alpha, alpha)
-    S_var = S.clone().requires_grad_(True)
-    (A * (0.3 * activations.kernel_phi(ds.X @ S_var @ ds.X.T, activation))).sum().backward()
-    grad = 0.5 * (S_var.grad + S_var.grad.T)  # the gradient on symmetric matrices
-    # float64 sums of O(N^2) terms: round-off ~ N^2 eps |A||Q| relative to the largest entry; with
-    # sig2 = 1e-6 the entries of A reach ~1e12 and cancel, hence a relative 1e-8 (observed ~1e-14
-    # at sig2=0.1, ~1e-11 at 1e-6); a wrong term (e.g. a missing diagonal part) is O(1) relative.
-    scale = grad.abs().max()
-    assert torch.allclose(state.T, grad, rtol=0, atol=1e-8 * scale)
-    assert torch.allclose(state.Q, Q_ref, rtol=0, atol=1e-13)
-
-
-@pytest.mark.parametrize("activation", ["erf", "relu"])
-def test_q_matches_the_foundation_kernel_maps(activation):
-    ds = paper_data(32, 4)
-    S = random_sigma(4, seed=2)
-    state = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-3), activation=activation).state(S)
-    Kphi, _ = activations.get(activation).maps(ds.X @ S @ ds.X.T)
-    # Same float64 formula written twice (asin vs asin, atan2 vs atan2): round-off only.
-    assert torch.allclose(state.Q, 0.5 * Kphi, rtol=0, atol=1e-12)
-
-
-def test_alpha_fbar_and_target_shapes():
-    ds = paper_data(64, 2)
-    ev = eos.EoSEvaluator(ds.X, ds.y, paper(sig2=1e-3))
-    state = ev.state(ev.nngp_sigma())
-    N = 64
-    assert state.alpha.shape == (N,) and state.fbar.shape == (N,) and state.Q.shape == (N, N)
-    assert state.T.shape == (2, 2)
-    # fbar = Q alpha = y - sig2 alpha (MATH section 6); both sides are O(1), round-off ~1e-12.
-    assert torch.allclose(state.Q @ state.alpha, state.fbar, atol=1e-9)
-    assert torch.allclose(ds.y - 1e-3 * state.alpha, state.fbar, atol=1e-12)
-    # An (N, 1) target would broadcast y - fbar into an (N, N) matrix: it must be refused.
-    with pytest.raises(ValueError, match="y must be"):
-        eos.EoSEvaluator(ds.X, ds.y[:, None])
-    result = eos.solve_eos(ds.X, ds.y)
-    assert result.alpha.shape == (N,) and result.fbar.shape == (N,) and result.fbar0.shape == (N,)
-
-
-def test_label_term_is_alpha_alpha_t_not_sig2_scaled():
-    """A = M^{-1} - alpha alpha^T with alpha alpha^T = (y - fbar)(y - fbar)^T / sig2^2."""
-    ds = paper_data(48, 2)
-    sig2 = 1e-2
-    ev = eos.EoSEvaluator(ds.X, ds.y, paper(sig2=sig2, siga2=0.5))
-    S = random_sigma(2, seed=4)
-    state = ev.state(S)
-    M_inv = torch.linalg.inv(state.Q + sig2 * torch.eye(48, dtype=torch.float64))
-    residual = ds.y - state.fbar
-    for A, expected in ((M_inv - torch.outer(residual, residual) / sig2**2, True),
-                        (M_inv - sig2 * torch.outer(residual, residual), False)):
-        S_var = S.clone().requires_grad_(True)
-        (A * (0.5 * activations.kernel_phi(ds.X @ S_var @ ds.X.T, "erf"))).sum().backward()
-        grad = 0.5 * (S_var.grad + S_var.grad.T)
-        # tolerance as in test_closed_form_gradient_matches_autograd; the sig2-scaled variant
-        # differs by O(1) relative, far outside it.
-        assert torch.allclose(state.T, grad, rtol=0, atol=1e-8 * grad.abs().max()) is expected
-
-
-def test_unusable_sigma_raises_evaluation_error():
-    ds = paper_data(16, 2)
-    ev = eos.EoSEvaluator(ds.X, ds.y)
-    with pytest.raises(eos.EvaluationError):
-        ev.state(-torch.eye(2, dtype=torch.float64))
-
-
-# -- the action --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("activation,sig2", [("erf", 1e-6), ("erf", 1e-2), ("relu", 1e-6), ("relu", 1e-2)])
-def test_action_and_gradient_match_autograd_and_finite_differences(activation, sig2):
-    ds = paper_data(40, 3, seed=2)
-    params = dict(activation=activation, sigw2=1.0, siga2=0.3, sig2=sig2)
-    p = paper(siga2=0.3, sig2=sig2)
-    S = random_sigma(3, seed=5) / 3
-    chi = 50.0
-    value, grad = eos.action(ds.X, ds.y, S, chi, p, activation=activation)
-    S_var = S.clone().requires_grad_(True)
-    ref = dense_action(ds.X, ds.y, S_var, chi, **params)
-    ref.backward()
-    ref = ref.detach()
-    ref_grad = 0.5 * (S_var.grad + S_var.grad.T)
-    # Value: Cholesky log-diagonals against slogdet and a dense solve; |S| ~ 1e2..1e6 and both are
-    # backward stable, so they agree to ~1e-12 relative (kappa(M) ~ 1e6 at sig2 = 1e-6).
-    assert math.isclose(value, ref.item(), rel_tol=1e-10)
-    # Gradient: the closed form (1/2)[chi((d/sigw2) I - Sigma^{-1}) + T] against autograd through
-    # the whole of S (A not held fixed): equal up to the cancellation noted for T (1e-8 relative).
-    assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-8 * ref_grad.abs().max())
-    # And against a central difference of S along a random symmetric direction: truncation
-    # O(eps^2 S''') and round-off O(1e-16 |S| / eps) with eps = 1e-5 relative: ~1e-6 of the slope.
-    g = torch.Generator().manual_seed(7)
-    D = torch.randn(3, 3, generator=g, dtype=torch.float64)
-    D = (D + D.T) * float(S.abs().max())
-    eps = 1e-5
-    plus, _ = eos.action(ds.X, ds.y, S + eps * D, chi, p, activation=activation)
-    minus, _ = eos.action(ds.X, ds.y, S - eps * D, chi, p, activation=activation)
-    slope = float((grad * D).sum())
-    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
-
-
-def test_stationary_points_of_the_action_solve_the_eos():
-    """grad S = (chi/2)(P - Sigma^{-1}) with P the precision of the map: zero exactly where
-    Sigma = Sigma_new, for any Sigma (an identity, checked at random points)."""
-    ds = paper_data(32, 3)
-    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.2, sig2=1e-3))
-    for seed in range(3):
-        state = ev.state(random_sigma(3, seed))
-        chi = 20.0
-        P = torch.linalg.inv(ev.sigma_new(state.T, chi))
-        expected = 0.5 * chi * (P - torch.linalg.inv(state.Sigma))
-        assert torch.allclose(ev.action_gradient(state, chi), expected, rtol=0, atol=1e-10 * expected.abs().max())
+from eos_cases import PAPER, SCHEDULE, dense_action, dense_derivative_1d, paper, paper_data, two_well_problem
 
 
 # -- solutions ---------------------------------------------------------------------------------
@@ -248,13 +91,6 @@ def test_every_strategy_agrees_with_the_default(strategy, activation, d, sig2):
     assert math.isclose(default.action, other.action, rel_tol=1e-10)
 
 
-def two_well_problem():
-    """d = 1 data whose action at chi = 10 has two local minima (found by a scan of S over
-    s in [1e-6, 1e3]): s ~ 0.18 (S ~ 19812.6) and s ~ 10.9 (S ~ 19679.3, the global one)."""
-    ds = data.gaussian_data((32, 32), 1, (-1.0, 1.0), (1.5, 1.5), 0, 0)
-    return ds, paper(sig2=1e-3, h=10.0)
-
-
 def test_two_local_minima_the_least_action_wins():
     ds, params = two_well_problem()
     factors = [1e4, 1e3, 1e2, 30.0]
@@ -274,17 +110,6 @@ def test_two_local_minima_the_least_action_wins():
         values = [float(dense_action(ds.X, ds.y, torch.tensor([[s]], dtype=torch.float64), 10.0,
                                      sigw2=1.0, siga2=1 / 128, sig2=1e-3)) for s in grid]
     assert abs(math.log(grid[int(np.argmin(values))] / float(both.Sigma))) < math.log(grid[1] / grid[0])
-
-
-def test_certificate_tells_minima_from_the_maximum_between_them():
-    ds, params = two_well_problem()
-    chi = params.h
-    ev = eos.EoSEvaluator(ds.X, ds.y, params)
-    deriv = lambda s: dense_derivative_1d(ds.X, ds.y, s, chi, sig2=params.sig2)  # noqa: E731
-    # Stationary points by bracketed roots of dS/ds: the two wells and the barrier between them.
-    points = [brentq(deriv, a, b, xtol=1e-14) for a, b in ((0.05, 0.5), (0.5, 5.0), (5.0, 30.0))]
-    curvatures = [eos._curvature(ev, ev.state(torch.tensor([[s]], dtype=torch.float64)), chi) for s in points]
-    assert curvatures[0] > 0 and curvatures[2] > 0 and curvatures[1] < 0
 
 
 def test_non_convergence_is_reported_and_never_ok():
@@ -367,22 +192,6 @@ def test_cuda_matches_cpu(strategy):
     assert gpu.status == "ok" and cpu.status == "ok"
     # Both within rtol = 1e-8 of the same fixed point (conditioning ~1 at d = 4).
     assert (cpu.Sigma - gpu.Sigma).abs().max() <= 1e-6 * cpu.Sigma.abs().max()
-
-
-def test_curvature_is_one_minus_the_slope_of_the_map_at_d1():
-    """At a stationary point the Hessian of S is (chi/2) Sigma^{-1} (I - J) Sigma^{-1}, J the
-    Jacobian of Sigma -> Sigma_new (docs/MATH.md section 7): at d = 1 the relative curvature is
-    1 - J exactly. J from a central difference of the map, independent of the certificate."""
-    ds = paper_data(256, 1)
-    result = eos.solve_eos(ds.X, ds.y, PAPER)
-    ev = eos.EoSEvaluator(ds.X, ds.y, PAPER)
-    s, h = float(result.Sigma), 1e-6
-    new = [float(ev.sigma_new(ev.state(torch.tensor([[v]], dtype=torch.float64)).T, 500.0)) for v in (s * (1 + h), s * (1 - h))]
-    slope = (new[0] - new[1]) / (2 * h * s)
-    assert slope < -1  # the unstable map that made plain iteration collapse
-    # Both are finite differences with relative steps 1e-4 (certificate) and 1e-6: agreement to
-    # ~1e-3 relative of a value ~30.
-    assert math.isclose(result.curvature, 1 - slope, rel_tol=2e-3)
 
 
 def test_a_tolerance_below_the_float64_noise_is_reported_not_met():

@@ -1,0 +1,25 @@
+"""Adaptive kernel of a 2-layer network: the Equations of State, their action and their solver
+(docs/MATH.md sections 6 and 7; docs/SOLVER.md).
+
+One module per concept:
+
+- :mod:`.evaluator`: the map ``Sigma -> Sigma_new`` and the action S at one Sigma
+  (:class:`EoSEvaluator`, :func:`action`);
+- :mod:`.strategies`: how one continuation step is solved, a name -> function table
+  (:data:`STRATEGIES`: ``minimize``, ``anderson``, ``newton-krylov``) with one signature;
+- :mod:`.continuation`: following the annealing factors from the NNGP limit, subdividing failures;
+- :mod:`.certificate`: the check that a solution is a local minimum of S;
+- :mod:`.solve`: :func:`solve_eos`, the least-action candidate, certified, as an :class:`EoSResult`;
+- :mod:`.options` (:class:`SolverOptions`) and :mod:`.tolerances` (every tolerance, with its source).
+"""
+from __future__ import annotations
+
+from .certificate import curvature as _curvature  # noqa: F401  (tests reach the certificate directly)
+from .evaluator import PAPER_EOS, EoSEvaluator, EoSState, EvaluationError, action, nngp_sigma
+from .options import SolverOptions
+from .results import Candidate, EoSResult, StepRecord
+from .solve import solve_eos
+from .strategies import STRATEGIES
+
+__all__ = ["STRATEGIES", "EoSEvaluator", "EoSState", "StepRecord", "Candidate", "EoSResult", "solve_eos",
+           "action", "nngp_sigma", "EvaluationError", "SolverOptions", "PAPER_EOS"]

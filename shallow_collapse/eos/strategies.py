@@ -1,0 +1,362 @@
+"""How one continuation step is solved: a table of strategies with one signature.
+
+Every entry of :data:`STEPS` is ``step(ev, chi, start, branch, options) -> StepOutcome``: solve the
+EoS at annealing factor ``chi`` from the accepted point ``start`` (an :class:`EoSState`), with the
+branch's history ``branch`` (:class:`BranchContext`) and the :class:`SolverOptions`.
+
+- ``minimize`` (default): minimise S with scipy's L-BFGS-B over the Cholesky factor of Sigma
+  (log diagonal, whitened by the factor of the starting point) with the exact gradient, until
+  ``rel_residual <= POLISH_FROM``; then Anderson iteration on the map, started there, takes the
+  relative residual to ``rtol`` (near the minimum the map is linear and S is too flat for a line
+  search to resolve 1e-8).
+- ``anderson``: Anderson-accelerated fixed-point iteration on ``Sigma -> Sigma_new``, with a secant
+  predictor in ``1/chi`` and a chi-independent history carried across steps, safeguards and stall
+  detection.
+- ``newton-krylov``: ``scipy.optimize.newton_krylov`` on the scaled residual.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import tolerances as tol
+from .evaluator import EoSEvaluator, EoSState, EvaluationError
+from .options import SolverOptions
+
+
+@dataclass
+class StepOutcome:
+    """What a step reached: the best ``state`` and its ``rel_residual`` at chi, the iterations
+    spent, whether it ``converged`` (``rel_residual <= rtol``), a ``message`` when not, and
+    ``near_solution``: it stalled within ``POLISH_FROM`` of a solution, at the float64 noise floor
+    of the map, where a smaller step in chi cannot help."""
+
+    state: EoSState
+    rel_residual: float
+    iterations: int
+    converged: bool
+    message: str = ""
+    near_solution: bool = False
+
+
+def _is_pd(S: torch.Tensor) -> bool:
+    return int(torch.linalg.cholesky_ex(0.5 * (S + S.T))[1]) == 0
+
+
+class _Memory:
+    """chi-independent secant history: (Sigma_i, T_i) pairs from past evaluations."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, state: EoSState):
+        self.items.append((state.Sigma, state.T))
+        del self.items[: max(0, len(self.items) - self.size - 1)]
+
+    def clear(self, keep_last: bool = True):
+        self.items = self.items[-1:] if keep_last else []
+
+
+@dataclass
+class BranchContext:
+    """What a branch carries from step to step: its accepted ``(chi, state)`` pairs (the first is
+    the NNGP start at chi = inf) and the Anderson history."""
+
+    accepted: list[tuple[float, EoSState]]
+    memory: _Memory
+
+
+
+
+def _anderson_step(ev: EoSEvaluator, chi: float, state: EoSState, memory: _Memory, *, rtol,
+                   maxiter, beta, regularization, predictor=None, stall=0):
+    """Anderson-accelerated fixed-point solve of one continuation step, to ``rel_residual <= rtol``.
+
+    Returns ``(state, rel_residual, iterations, converged, message)``; ``state`` is the best point.
+    """
+    res = ev.rel_residual(state, chi)
+    best, best_res = state, res
+    if res <= rtol:
+        return best, best_res, 0, True, ""
+    # Secant predictor (1/chi extrapolation of the last two solutions) as the first trial point.
+    trial = predictor if predictor is not None and _is_pd(predictor) else None
+    iterations, restarts = 0, 0
+    history: list[float] = []
+    for iterations in range(1, maxiter + 1):
+        if trial is None:
+            # Anderson (type II) on g(x) = Sigma_new(x): residuals f_i = g_i - x_i re-scored for chi.
+            xs = [S for S, _ in memory.items]
+            gs = [ev.sigma_new(T, chi) for _, T in memory.items]
+            x_k, g_k = xs[-1], gs[-1]
+            f_k = g_k - x_k
+            if len(xs) > 1:
+                dF = torch.stack([(gs[i + 1] - xs[i + 1]) - (gs[i] - xs[i]) for i in range(len(xs) - 1)], -1)
+                dX = torch.stack([xs[i + 1] - xs[i] for i in range(len(xs) - 1)], -1)
+                Fm = dF.reshape(-1, dF.shape[-1])
+                # Regularised least squares min |f_k - dF gamma|^2 + lam |gamma|^2.
+                lam = regularization * float((Fm * Fm).sum()) + tol.TINY
+                H = Fm.T @ Fm + lam * torch.eye(Fm.shape[-1], dtype=Fm.dtype, device=Fm.device)
+                # H is symmetric positive definite (regularised): an LU solve. (torch.linalg.lstsq's
+                # default CPU driver, gelsy, was measured to return different bits on repeated
+                # calls here, which made solves irreproducible at the 1e-12 level.)
+                gamma = torch.linalg.solve(H, (Fm.T @ f_k.reshape(-1))[:, None])[:, 0]
+                trial = x_k + beta * f_k - ((dX + beta * dF).reshape(-1, dF.shape[-1]) @ gamma).reshape(x_k.shape)
+            else:
+                trial = x_k + beta * f_k
+            trial = 0.5 * (trial + trial.T)
+            # Keep iterates positive definite: pull back toward the best point when they are not.
+            shrink = 0
+            while not _is_pd(trial) and shrink < tol.ANDERSON_MAX_SHRINK:
+                trial = best.Sigma + 0.5 * (trial - best.Sigma)
+                shrink += 1
+        try:
+            new = ev.state(trial)
+        except EvaluationError:
+            # Unusable point: restart the history at the best point and take a damped step.
+            memory.clear(keep_last=False)
+            memory.add(best)
+            trial = best.Sigma + tol.ANDERSON_RESTART_DAMPING * beta * (ev.sigma_new(best.T, chi) - best.Sigma)
+            trial = 0.5 * (trial + trial.T)
+            restarts += 1
+            if restarts > tol.ANDERSON_MAX_RESTARTS:
+                return best, best_res, iterations, False, "evaluation failed repeatedly"
+            continue
+        trial = None
+        memory.add(new)
+        res = ev.rel_residual(new, chi)
+        if res < best_res:
+            best, best_res = new, res
+        if res <= rtol:
+            return new, res, iterations, True, ""
+        history.append(best_res)
+        if stall and len(history) > stall and history[-1] > tol.ANDERSON_STALL_FACTOR * history[-1 - stall]:
+            # Less than a halving of the best residual in `stall` iterations: give the step back
+            # to the continuation (which subdivides it) instead of spending maxiter evaluations.
+            return best, best_res, iterations, False, f"stalled (best rel_residual {best_res:.3g} after {iterations} iterations)"
+        if res > tol.ANDERSON_DIVERGED * best_res or not math.isfinite(res):
+            # Diverging: restart from the best point.
+            memory.clear(keep_last=False)
+            memory.add(best)
+            restarts += 1
+    return best, best_res, iterations, False, f"maxiter {maxiter} reached (best rel_residual {best_res:.3g})"
+
+
+def _newton_krylov_step(ev: EoSEvaluator, chi: float, state: EoSState, *, rtol, maxiter, inner_maxiter):
+    """scipy newton_krylov on the residual scaled by max|Sigma| of the start. Returns like
+    :func:`_anderson_step`."""
+    from scipy.optimize import NoConvergence, newton_krylov
+
+    res0 = ev.rel_residual(state, chi)
+    if res0 <= rtol:
+        return state, res0, 0, True, ""
+    scale = float(state.Sigma.abs().max())
+    cache: dict = {"state": state}
+    iterations = [0]
+
+    def F(x):
+        S = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=ev.device)
+        try:
+            st = ev.state(S)
+        except EvaluationError:
+            return np.full(x.shape, tol.NEWTON_KRYLOV_UNUSABLE)
+        cache["state"] = st
+        out = ((S - ev.sigma_new(st.T, chi)) / scale).cpu().numpy()  # F of the unsymmetrised input
+        return out if np.all(np.isfinite(out)) else np.full(x.shape, tol.NEWTON_KRYLOV_UNUSABLE)
+
+    def callback(x, f):
+        iterations[0] += 1
+
+    message = ""
+    try:
+        # The scaled residual's tolerance is rtol/2: max|Sigma| may shrink by up to that factor.
+        x = newton_krylov(F, state.Sigma.cpu().numpy(), f_tol=tol.NEWTON_KRYLOV_FTOL_FACTOR * rtol, maxiter=maxiter,
+                          inner_maxiter=inner_maxiter, callback=callback)
+    except NoConvergence as err:
+        x = np.asarray(err.args[0])
+        message = f"maxiter {maxiter} reached"
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
+        return state, res0, iterations[0], False, f"newton_krylov failed: {err}"
+    S = torch.as_tensor(x, dtype=torch.float64, device=ev.device)
+    S = 0.5 * (S + S.T)
+    st = cache["state"]
+    if not torch.equal(st.Sigma, S):
+        try:
+            st = ev.state(S)
+        except EvaluationError as err:
+            return state, res0, iterations[0], False, f"final point unusable: {err}"
+    res = ev.rel_residual(st, chi)
+    return st, res, iterations[0], res <= rtol, message
+
+
+class _Abort(Exception):
+    """Ends an L-BFGS run from inside its callbacks."""
+
+
+def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, maxiter: int):
+    """Minimise S from ``start`` with scipy's L-BFGS-B until ``rel_residual <= stop_at`` (or until it
+    stops by itself). Parameters: the lower triangle of ``Lt`` with ``Sigma = L0 Lt Lt^T L0^T``,
+    ``L0`` the Cholesky factor of ``start.Sigma`` and the diagonal of ``Lt`` stored as its log, so
+    every trial point is positive definite and the start is ``Lt = I``.
+
+    Returns ``(state, rel_residual, iterations, message)`` at the last accepted iterate.
+    """
+    from scipy.optimize import minimize as scipy_minimize
+
+    d = ev.d
+    rows, cols = torch.tril_indices(d, d, device=ev.device)
+    on_diag = rows == cols
+    L0 = torch.linalg.cholesky(start.Sigma)
+    seen: dict[bytes, EoSState] = {}
+    track = {"state": start, "rel": ev.rel_residual(start, chi), "iterations": 0}
+    last = {"value": None, "g": None, "backtracks": 0}  # the last usable point L-BFGS-B asked for
+
+    def factor(theta) -> torch.Tensor:
+        t = torch.as_tensor(theta, dtype=torch.float64, device=ev.device).clone()
+        t[on_diag] = torch.exp(t[on_diag])
+        Lt = torch.zeros(d, d, dtype=torch.float64, device=ev.device)
+        Lt[rows, cols] = t
+        return Lt
+
+    def fun(theta):
+        Lt = factor(theta)
+        L = L0 @ Lt
+        try:
+            # theta = 0 is the start itself (L-BFGS-B evaluates it first): no new evaluation.
+            st = start if not np.any(theta) else ev.state(L @ L.T)
+            value, G = ev.action(st, chi), ev.action_gradient(st, chi)
+        except (EvaluationError, torch.linalg.LinAlgError) as err:
+            # A trial point too far along the search direction (M numerically indefinite at a
+            # huge Sigma, say): report an action far above the last one, so the line search
+            # backtracks toward the last usable point instead of the step failing.
+            if last["value"] is None or last["backtracks"] >= tol.LBFGS_MAX_BACKTRACKS:
+                raise _Abort(f"unusable trial point: {err}") from None
+            last["backtracks"] += 1
+            return last["value"] + tol.LBFGS_BACKTRACK_PENALTY * (1.0 + abs(last["value"])), last["g"]
+        seen.clear()  # only the latest point is ever asked for by the callback
+        seen[theta.tobytes()] = st
+        grad = 2.0 * (L0.T @ G @ L)  # dS/dLt, then the chain rule through exp on the diagonal
+        g = grad[rows, cols]
+        g[on_diag] *= Lt.diagonal()
+        g = g.cpu().numpy()
+        last.update(value=value, g=g)
+        return value, g
+
+    def callback(intermediate_result):
+        st = seen.get(intermediate_result.x.tobytes())
+        if st is None:
+            L = L0 @ factor(intermediate_result.x)
+            st = ev.state(L @ L.T)
+        track.update(state=st, rel=ev.rel_residual(st, chi), iterations=track["iterations"] + 1)
+        if track["rel"] <= stop_at:
+            raise StopIteration
+
+    theta0 = np.zeros(d * (d + 1) // 2)
+    try:
+        # gtol = ftol = 0: stop on the relative residual (the callback), at maxiter, or when the
+        # line search can no longer decrease S in float64.
+        out = scipy_minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
+                       options=dict(maxiter=maxiter, maxfun=tol.LBFGS_FUN_PER_ITER * maxiter + tol.LBFGS_FUN_EXTRA,
+                                    maxcor=tol.LBFGS_CORRECTIONS, gtol=0.0, ftol=0.0))
+        message = "" if track["rel"] <= stop_at else f"L-BFGS-B: {out.message}"
+    except _Abort as err:
+        message = str(err)
+    return track["state"], track["rel"], track["iterations"], message
+
+
+def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxiter, **_):
+    """Least action at ``chi`` from ``start``: L-BFGS on S down to ``POLISH_FROM``, then Anderson
+    polishing to ``rtol``; if the polish fails, L-BFGS again from the best point to its own stop
+    and a second polish. Returns like :func:`_anderson_step` (on failure, the point of least
+    relative residual; where that lies below ``POLISH_FROM`` the message gives the float64 noise
+    of the map there, :func:`_noise_floor`)."""
+    rel = ev.rel_residual(start, chi)
+    if rel <= rtol:
+        return start, rel, 0, True, ""
+    state, iterations, messages = start, 0, []
+    best, best_rel = start, rel
+    for stop_at in (max(rtol, tol.POLISH_FROM), rtol):
+        state, rel, its, msg = _lbfgs(ev, chi, state, stop_at=stop_at, maxiter=maxiter)
+        iterations += its
+        messages += [msg] if msg else []
+        if rel <= rtol:
+            return state, rel, iterations, True, ""
+        polished, rel_p, its, ok, msg = _anderson_step(
+            ev, chi, state, _anderson_memory(ev.d, state), rtol=rtol, maxiter=min(tol.POLISH_MAXITER, maxiter),
+            beta=tol.POLISH_BETA, regularization=tol.POLISH_REGULARIZATION, stall=tol.POLISH_STALL)
+        iterations += its
+        # Accept the polish only where it stayed at this minimum (S did not rise above the start of
+        # the polish beyond float64 noise); otherwise it reached another fixed point.
+        stayed = ev.action(polished, chi) <= ev.action(state, chi) + tol.POLISH_ACTION_RISE * abs(ev.action(state, chi))
+        if ok and stayed:
+            return polished, rel_p, iterations, True, ""
+        messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
+        candidates = [(state, rel), (polished, rel_p)] if stayed else [(state, rel)]
+        best, best_rel = min([(best, best_rel), *candidates], key=lambda c: c[1])
+    if best_rel <= tol.POLISH_FROM:
+        noise = noise_floor(ev, best, chi)
+        if noise > rtol:
+            messages.insert(0, f"stalled at rel_residual {best_rel:.2g}, where the float64 noise of the map is "
+                               f"about {noise:.1g} > rtol {rtol:g}: a tolerance above the noise can be met")
+    return best, best_rel, iterations, False, "; ".join(messages)
+
+
+def noise_floor(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
+    """The float64 noise of ``rel_residual`` at ``state``: its change under scalings of Sigma by
+    ``1 +- NOISE_STEP``, which move the exact residual by about NOISE_STEP |1 - J| only (J the
+    map's slope, |J| < 1e3 where measured). Two evaluations."""
+    F0 = ev.residual(state, chi)
+    scale = float(state.Sigma.abs().max())
+    changes = [float((ev.residual(ev.state(state.Sigma * (1.0 + sign * tol.NOISE_STEP)), chi) - F0).abs().max())
+               for sign in (1.0, -1.0)]
+    return max(changes) / scale
+
+
+def _anderson_memory(d: int, state: EoSState) -> _Memory:
+    """A polishing memory: as many secant pairs as the problem has dimensions, at most 10."""
+    memory = _Memory(min(tol.POLISH_MEMORY_MAX, d * (d + 1) // 2))
+    memory.add(state)
+    return memory
+
+
+# -- the table: one signature ----------------------------------------------------------------------
+
+def minimize(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
+             options: SolverOptions) -> StepOutcome:
+    """L-BFGS on S, then Anderson polishing (:func:`_minimize_step`)."""
+    state, rel, its, ok, msg = _minimize_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter)
+    return StepOutcome(state, rel, its, ok, msg, near_solution=not ok and rel <= tol.POLISH_FROM)
+
+
+def anderson(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
+             options: SolverOptions) -> StepOutcome:
+    """Anderson iteration from ``start``, its first trial point the secant predictor in 1/chi
+    through the branch's last two accepted solutions, its history the branch's."""
+    predictor = None
+    if len(branch.accepted) >= 2:
+        (c_a, s_a), (c_b, s_b) = branch.accepted[-2], branch.accepted[-1]
+        t_a, t_b, t_c = 1.0 / c_a, 1.0 / c_b, 1.0 / chi
+        if t_b > t_a:
+            predictor = s_b.Sigma + (s_b.Sigma - s_a.Sigma) * ((t_c - t_b) / (t_b - t_a))
+    memory = branch.memory
+    if not memory.items or memory.items[-1][0] is not start.Sigma:
+        memory.add(start)
+    return StepOutcome(*_anderson_step(
+        ev, chi, start, memory, rtol=options.rtol, maxiter=options.maxiter, beta=options.anderson_beta,
+        regularization=options.anderson_regularization, predictor=predictor, stall=options.anderson_stall))
+
+
+def newton_krylov(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
+                  options: SolverOptions) -> StepOutcome:
+    """scipy's newton_krylov from ``start`` (:func:`_newton_krylov_step`)."""
+    return StepOutcome(*_newton_krylov_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter,
+                                            inner_maxiter=options.inner_maxiter))
+
+
+Step = Callable[[EoSEvaluator, float, EoSState, BranchContext, SolverOptions], StepOutcome]
+STEPS: dict[str, Step] = {"minimize": minimize, "anderson": anderson, "newton-krylov": newton_krylov}
+STRATEGIES = tuple(STEPS)

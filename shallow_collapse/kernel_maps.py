@@ -49,8 +49,8 @@ COLLINEAR = 1e-12  # |rho| > 1 - COLLINEAR is treated as exactly collinear
 BOX_STEP = 0.25  # boxes of variances are rounded outwards to multiples of 2^BOX_STEP
 START_DEGREES = (8, 160)  # n_sigma of the first table (raised by 1.5x until converged); n_rho
 MAX_DEGREES = (32, 160)  # caps of (n_sigma, n_rho); trailing coefficients below tol are dropped
-ANGLE_NODES = 2048  # trapezoid nodes in the polar angle (cosine coefficients by FFT)
-RADIAL_NODES = 200  # Gauss-Legendre nodes of the radius on [0, R_MAX]
+ANGLE_NODES = 1024  # trapezoid nodes in the polar angle (cosine coefficients by FFT)
+RADIAL_NODES = 100  # Gauss-Legendre nodes of the radius on [0, R_MAX]
 R_MAX = 9.5  # P(R > 9.5) = exp(-45)
 CACHE_SIZE = 16
 
@@ -206,9 +206,10 @@ class NumericalMaps:
             f = self.phi(s[:, None, None] * R[None, :, None] * torch.cos(angles)[None, None, :])  # (ns, nR, nt)
             A = torch.fft.rfft(f, dim=-1).real[..., :nr] * (2.0 / ANGLE_NODES)
             A[..., 0] *= 0.5
-        eps = torch.full((nr,), 0.5, dtype=torch.float64)
-        eps[0] = 1.0
-        return torch.einsum("pkm,qkm,k,m->pqm", A, A, wt, eps)
+        Am = A.permute(2, 0, 1)  # (nr, ns, nR)
+        V = torch.bmm(Am * wt, Am.transpose(1, 2)).permute(1, 2, 0)  # (ns, ns, nr)
+        V[..., 1:] *= 0.5
+        return V
 
     def _build(self, lo, hi, device) -> Table:
         ns, nr = START_DEGREES[0], self.max_degrees[1]
@@ -216,7 +217,7 @@ class NumericalMaps:
             s = torch.exp(0.5 * (lo + (torch.as_tensor(_cheb_nodes(ns)) + 1.0) * 0.5 * (hi - lo)))
             V = self._rho_coefficients(s, nr).numpy()
             Ms = _cheb_transform(ns)
-            C = np.einsum("ap,bq,pqm->abm", Ms, Ms, V)
+            C = np.einsum("ap,bq,pqm->abm", Ms, Ms, V, optimize=True)
             scale = np.abs(C).max()
             tail_s = np.abs(C[-2:]).max() / scale if ns > 2 else 0.0
             if tail_s <= self.tol or ns >= self.max_degrees[0]:
@@ -273,9 +274,10 @@ class NumericalMaps:
         return out
 
     # -- evaluation --------------------------------------------------------------------------------
-    def evaluate(self, K, a_row, a_col, *, derivatives: bool = False):
-        """F, Kdphi and P (the last two None unless ``derivatives``) of ``K`` ``(..., n, m)`` whose row
-        variances are ``a_row`` ``(..., n)`` and column variances ``a_col`` ``(..., m)``."""
+    def evaluate(self, K, a_row, a_col, *, derivatives: bool = False, p: bool = True):
+        """F, Kdphi and P (the last two None unless ``derivatives``; P None unless ``p`` too) of ``K``
+        ``(..., n, m)`` whose row variances are ``a_row`` ``(..., n)`` and column variances ``a_col``
+        ``(..., m)``."""
         s_row, s_col = a_row.sqrt(), a_col.sqrt()
         norm = s_row[..., :, None] * s_col[..., None, :]
         rho = (K / norm).clamp(-1.0, 1.0)
@@ -291,12 +293,15 @@ class NumericalMaps:
             out[0] = _clenshaw(rho, Tr, Tc, tab.C)
             if derivatives:
                 F_rho = _clenshaw(rho, Tr, Tc, tab.dC)
-                F_sig = _clenshaw(rho, _basis(sr, ns, derivative=True), Tc, tab.C)
                 out[1] = F_rho / norm
+            if derivatives and p:
+                F_sig = _clenshaw(rho, _basis(sr, ns, derivative=True), Tc, tab.C)
                 # P = 2 dF/da_i at fixed a_j, c: sigma moves with log a_i, rho as -rho/(2 a_i)
                 out[2] = (F_sig.mul_(2.0 * tab.dsigma_dloga).sub_(F_rho.mul_(rho))).div_(a_row[..., :, None])
         if n_coll:
             self._fill_collinear(out, coll, n_coll, rho, s_row, s_col, derivatives)
+        if derivatives and not p:
+            out[2] = None
         return tuple(out)
 
     def _fill_collinear(self, out, coll, n_coll, rho, s_row, s_col, derivatives):
@@ -313,7 +318,8 @@ class NumericalMaps:
         sc = s_col[..., None, :].expand(shape)[idx]
         vals = self._line_pairs(sr, sc, torch.sign(rho[idx]), derivatives)
         for k in range(3 if derivatives else 1):
-            out[k][idx] = vals[k]
+            if out[k] is not None:
+                out[k][idx] = vals[k]
 
     # -- the forms an Activation supplies ----------------------------------------------------------
     def maps(self, K, k_row=None, k_col=None):
@@ -323,7 +329,7 @@ class NumericalMaps:
             diag = torch.diagonal(K, dim1=-2, dim2=-1)
             k_row, k_col = diag[..., :, None], diag[..., None, :]
         if k_row.shape[-1] == 1 and k_col.shape[-2] == 1:
-            F, Kd, _ = self.evaluate(K, k_row[..., 0], k_col[..., 0, :], derivatives=True)
+            F, Kd, _ = self.evaluate(K, k_row[..., 0], k_col[..., 0, :], derivatives=True, p=False)
             return F, Kd
         # elementwise: every entry its own pair
         K, k_row, k_col = torch.broadcast_tensors(K, k_row, k_col)

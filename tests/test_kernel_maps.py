@@ -204,3 +204,16 @@ def test_a_new_activation_runs_a_sweep_and_an_ak_solve(write_config, out_root):
     ds = paper_data(32, 2)
     result = eos.solve_eos(ds.X, ds.y, EoSParams(sig2=1e-3), activation="x_erf")
     assert result.status == "ok" and result.certified
+
+
+def test_leaky_relu_slope_reaches_every_method(write_config):
+    from shallow_collapse.config import load_config
+    from shallow_collapse.params import NetworkParams
+
+    cfg = load_config(write_config(activation="leaky_relu", leaky_relu_slope=0.2), [])
+    act = NetworkParams.from_config(cfg).act
+    z = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(act.phi(z), torch.tensor([-0.2, 2.0], dtype=torch.float64))
+    # E[phi(u)^2] at unit variance: (1 + alpha^2) / 2.
+    F, Kd = act.maps(torch.ones(1, 1, dtype=torch.float64))
+    assert math.isclose(float(F), (1 + 0.04) / 2, rel_tol=1e-14) and math.isclose(float(Kd), (1 + 0.04) / 2, rel_tol=1e-14)

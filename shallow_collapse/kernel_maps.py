@@ -12,17 +12,21 @@ tensor-product Chebyshev interpolant
 
     F ~ sum_{p, q, m} C_pqm T_p(sigma_i) T_q(sigma_j) T_m(rho_ij),
 
-whose degrees are raised until the trailing coefficients fall below ``tol`` (relative). The table
-values at the Chebyshev nodes are 2-D Gaussian expectations, computed by a trapezoid rule on a
-uniform grid of ``QUAD_NODES`` points over [-QUAD_HALF_WIDTH, QUAD_HALF_WIDTH] (spectrally accurate
-for smooth phi, resolving phi(s z) uniformly however large s). Evaluation on N x N pairs is a
+whose degrees are raised until the trailing coefficients fall below ``tol`` (relative). The
+coefficients in rho come out directly from polar coordinates (z = R cos t, z' = R cos(t - theta),
+rho = cos theta): F is a radial average of a circular cross-correlation in t, whose cosine
+coefficients multiply cos(m theta) = T_m(rho) (:meth:`NumericalMaps._rho_coefficients`; FFT in t,
+Gauss-Legendre in R). Why not the Hermite (Mehler) series, a Taylor series in rho: the paper's
+kernels sit at |rho| near 1, where it needs 100-180+ terms for 1e-12 at K_ii ~ 4 against 26-58
+Chebyshev degrees (docs/MATH.md section 8). Evaluation on N x N pairs is a
 Clenshaw recurrence in rho whose coefficient matrices ``T(sigma) C_m T(sigma)^T`` are products of
 rank ``n_sigma``: O(N^2 (n_sigma + 3)) per degree. dF/drho comes from the Chebyshev derivative of the
 coefficients and dF/dsigma from the derivative of the basis, so the EoS gradient is the exact
 derivative of the Q it is computed with.
 
 **Collinear pairs** (|rho| = 1 to within ``COLLINEAR``: the diagonal, and every pair at d = 1) are
-one-dimensional expectations with u = s_i z, v = +-s_j z, computed on the same grid:
+one-dimensional expectations with u = s_i z, v = +-s_j z, computed by the trapezoid rule on
+``QUAD_NODES`` points of [-QUAD_HALF_WIDTH, QUAD_HALF_WIDTH] (spectrally accurate for smooth phi):
 F = E[phi(s_i z) phi(+-s_j z)], Kdphi = E[phi'(s_i z) phi'(+-s_j z)], and (Stein's lemma, so that
 phi'' is never needed) P = E[phi'(s_i z)(z f(z) - f'(z))] / s_i with f(z) = phi(+-s_j z).
 

@@ -170,7 +170,7 @@ class NumericalMaps:
     (``maps``, ``kernel_phi``, ``eos_q``, ``eos_g``). ``tol``: relative size of the trailing Chebyshev
     coefficients at which a table is accepted."""
 
-    def __init__(self, phi: Callable, dphi: Callable | None = None, *, tol: float = 1e-13,
+    def __init__(self, phi: Callable, dphi: Callable | None = None, *, tol: float = 1e-14,
                  max_degrees: tuple[int, int] = MAX_DEGREES):
         self.phi = phi
         self.dphi = dphi if dphi is not None else derivative_by_autograd(phi)

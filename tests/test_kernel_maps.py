@@ -13,8 +13,8 @@ from shallow_collapse.params import EoSParams
 SMOOTH = ["erf", "gelu", "sin", "cos"]
 KINKED = ["relu", "leaky_relu", "abs"]
 # Relative accuracy of the numerical path against the closed forms (error / largest entry). Smooth
-# phi: the table stops at trailing coefficients of 1e-13 and a rho-derivative costs ~degree^2 of
-# that (measured: Kphi <= 2e-13, Kdphi <= 2e-11, G <= 2e-11 on these kernels). Kinked phi: the
+# phi: the table stops at trailing coefficients of 1e-14 and a rho-derivative costs ~degree^2 of
+# that (bench/bench_activations.py: Kphi <= 5e-14, Kdphi <= 1.1e-10, G <= 3.2e-11). Kinked phi: the
 # rho-expansion of E|u||v| has a (1 - rho^2)^(3/2) singularity, its coefficients fall as m^-4 and
 # Kdphi's as m^-2 at the cap of 160 degrees (measured: Kphi ~1e-6, Kdphi ~1e-4 next to |rho| = 1).
 TOL = {**{a: (1e-11, 1e-9, 1e-9) for a in SMOOTH}, **{a: (1e-5, 3e-3, 3e-3) for a in KINKED}}

@@ -15,6 +15,7 @@ One module per concept:
 from __future__ import annotations
 
 from .certificate import curvature as _curvature  # noqa: F401  (tests reach the certificate directly)
+from .certificate import nc1_error_bound
 from .evaluator import PAPER_EOS, EoSEvaluator, EoSState, EvaluationError, action, nngp_sigma
 from .options import SolverOptions
 from .results import Candidate, EoSResult, StepRecord
@@ -22,4 +23,4 @@ from .solve import solve_eos
 from .strategies import STRATEGIES
 
 __all__ = ["STRATEGIES", "EoSEvaluator", "EoSState", "StepRecord", "Candidate", "EoSResult", "solve_eos",
-           "action", "nngp_sigma", "EvaluationError", "SolverOptions", "PAPER_EOS"]
+           "action", "nngp_sigma", "EvaluationError", "SolverOptions", "PAPER_EOS", "nc1_error_bound"]

@@ -11,7 +11,9 @@ import math
 import torch
 
 from . import tolerances as tol
-from .evaluator import EoSEvaluator, EoSState, EvaluationError
+from .evaluator import PAPER_EOS, EoSEvaluator, EoSState, EvaluationError
+from .. import metrics
+from ..params import EoSParams, NetworkParams
 
 
 def curvature(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
@@ -62,3 +64,46 @@ def curvature(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
         second = float(((ev.action_gradient(moved, chi) - g0) * D).sum()) / tol.CERTIFY_STEP
         ratios.append(second / (0.5 * chi))
     return min(ratios)
+
+
+def nc1_error_bound(result, X, labels, params: EoSParams = PAPER_EOS, *,
+                    activation: str = NetworkParams.activation) -> float:
+    """How far NC1 of ``result.Q`` may be from NC1 at the exact solution, for a ``noise_limited``
+    result (any result with a finite ``curvature``): a first-order estimate, not a proof.
+
+    The distance to the fixed point is ``|Sigma - Sigma*| ~ |(I - J)^{-1} F|`` (J the slope of the
+    map, F the residual); the least relative curvature c found by the certificate is the least
+    eigenvalue of I - J along the directions it checked, so the radius is
+    ``r = max(rel_residual, noise) / min(c, 1)`` relative to max|Sigma| (the true point may lie
+    anywhere within the noise, hence ``noise``). The bound is the largest change of NC1 when Sigma
+    moves by r max|Sigma| (in max norm) along the residual direction ``Sigma_next - Sigma``, the
+    scale direction and ``CERTIFY_DIRECTIONS`` random symmetric ones (fixed seed), either sign.
+    Each NC1 needs Q alone (O(N^2 d)). ``X`` ``(N, d)``, ``labels`` ``(N,)``: the solve's data.
+    """
+    if not result.curvature > 0:
+        return math.nan
+    ev = EoSEvaluator(X, torch.zeros(len(labels), dtype=torch.float64), params, activation=activation)
+    Sigma = result.Sigma.to(torch.float64)
+    scale = float(Sigma.abs().max())
+    noise = result.noise if math.isfinite(result.noise) else 0.0
+    r = max(result.rel_residual, noise) / min(result.curvature, 1.0)
+    nc1 = float(metrics.nc1_kernel(result.Q, labels))
+    gen = torch.Generator().manual_seed(0)
+    directions = [Sigma]
+    if result.Sigma_next is not None:
+        directions.append(result.Sigma_next - Sigma)
+    for _ in range(tol.CERTIFY_DIRECTIONS if ev.d > 1 else 0):
+        R = torch.randn(ev.d, ev.d, generator=gen, dtype=torch.float64)
+        directions.append(R + R.T)
+    change = 0.0
+    for D in directions:
+        size = float(D.abs().max())
+        if not size > 0:
+            continue
+        for sign in (1.0, -1.0):
+            moved = Sigma + (sign * r * scale / size) * D
+            try:
+                change = max(change, abs(float(metrics.nc1_kernel(ev.kernel(moved), labels)) - nc1))
+            except EvaluationError:
+                return math.inf
+    return change

@@ -31,6 +31,7 @@ class Branch:
     converged: bool
     failed_factor: float | None = None
     message: str = ""
+    noise: float = math.nan  # float64 noise of rel_residual where the branch stalled next to a solution
 
 
 def schedule(annealing_factors, h: float, anneal: bool) -> list[float]:
@@ -79,7 +80,7 @@ def follow(ev: EoSEvaluator, strategy: str, factors: list[float], state0: EoSSta
                 accepted.append((chi, new))
                 continue
             message = f"chi={chi:g} not solved to rtol {options.rtol:g}: {msg}"
-            return Branch(origin, chi, new, steps, ev.evaluations - e_start, False, chi, message)
+            return Branch(origin, chi, new, steps, ev.evaluations - e_start, False, chi, message, out.noise)
         if depth >= options.max_subdivisions:
             message = (f"step to chi={chi:g} from chi={prev_chi:g} did not converge after "
                        f"{options.max_subdivisions} subdivisions: rel_residual {rel:.3g} > rtol {options.rtol:g} "

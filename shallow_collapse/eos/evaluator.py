@@ -16,8 +16,10 @@ likelihood) has the gradient ``(1/2)[chi((d/sigw2) I - Sigma^{-1}) + T]``: the E
 stationarity condition.
 
 One evaluation (:meth:`EoSEvaluator.state`) costs one Cholesky factorisation of ``M`` and one
-inverse from it (O(N^3)); everything else is O(N^2 d). ``T`` does not depend on ``chi``, so one
-evaluation gives the residual, the action and its gradient for any annealing factor.
+inverse from it (O(N^3); scipy's LAPACK on M's own memory on CPU, torch on CUDA) and O(N^2 d)
+elementwise work (compiled loops on CPU, :mod:`.loops`); ReLU at d = 1 needs no factorisation
+(Q has rank two, :meth:`EoSEvaluator._collinear_relu_state`). ``T`` does not depend on ``chi``, so
+one evaluation gives the residual, the action and its gradient for any annealing factor.
 """
 from __future__ import annotations
 
@@ -157,6 +159,15 @@ class EoSEvaluator:
             raise EvaluationError("non-finite gradient or likelihood")
         self.recent.append((Sigma, T))
         return EoSState(Sigma=Sigma, T=T, Q=Q, alpha=alpha, fbar=fbar, nll=nll)
+
+    def kernel(self, Sigma: torch.Tensor) -> torch.Tensor:
+        """``Q = siga2 Kphi(X Sigma X^T)`` ``(N, N)`` alone (O(N^2 d); not counted as an evaluation)."""
+        Sigma = torch.as_tensor(Sigma).to(device=self.device, dtype=torch.float64)
+        K = (self.X @ (0.5 * (Sigma + Sigma.T))) @ self.X.T
+        diag = torch.diagonal(K).clone()
+        if not bool(torch.all(diag > 0)):
+            raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
+        return self.act.eos_q(K, diag, self.siga2)[0]
 
     # -- the O(d^3) part -------------------------------------------------------------------
     def sigma_new(self, T: torch.Tensor, chi: float) -> torch.Tensor:

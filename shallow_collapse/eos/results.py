@@ -56,6 +56,11 @@ class EoSResult:
     ``curvature``: the least second directional derivative of S found at ``Sigma``, relative to
     that of the KL term (positive at a local minimum; nan when not checked). ``steps``: every
     attempted step of the primary branch. ``candidates``: every solution that competed.
+    ``noise``: the float64 noise of ``rel_residual`` at ``Sigma`` where the solve stalled next to a
+    solution with that noise above rtol (nan otherwise); ``noise_limited``: it stalled there with
+    ``rel_residual <= noise`` at chi = h, and S curves upward there (``curvature > 0``): float64
+    cannot tell this point from the solution (see :func:`~shallow_collapse.eos.nc1_error_bound`).
+    ``Sigma_next`` ``(d, d)``: ``Sigma_new(Sigma)`` at chi = h.
     """
 
     Sigma: torch.Tensor
@@ -78,6 +83,9 @@ class EoSResult:
     candidates: list[Candidate] = field(default_factory=list)
     failed_factor: float | None = None
     message: str = ""
+    noise: float = math.nan
+    noise_limited: bool = False
+    Sigma_next: torch.Tensor | None = None
 
     @property
     def certified(self) -> bool:
@@ -86,12 +94,13 @@ class EoSResult:
 
     @property
     def status(self) -> str:
-        """``ok`` (converged and certified), ``not_converged``, ``not_minimum`` (a stationary point
-        where S curves downward along a checked direction) or ``nan``."""
+        """``ok`` (converged and certified), ``noise_limited`` (see the class docstring),
+        ``not_converged``, ``not_minimum`` (a stationary point where S curves downward along a
+        checked direction) or ``nan``."""
         if not bool(torch.isfinite(self.Q).all()) or not math.isfinite(self.rel_residual):
             return "nan"
         if not self.converged:
-            return "not_converged"
+            return "noise_limited" if self.noise_limited else "not_converged"
         return "ok" if self.certified else "not_minimum"
 
     def steps_table(self) -> list[dict]:

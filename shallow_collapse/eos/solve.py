@@ -46,7 +46,8 @@ def solve_eos(X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkP
     ``maxiter``: iterations per step (minimize: L-BFGS iterations per round; newton-krylov: Newton
     steps); ``inner_maxiter``: Krylov iterations per Newton step.
 
-    ``activation``: a registered name or an :class:`~shallow_collapse.activations.Activation`. ``on_accept(chi, state, step)``: called for the NNGP start
+    ``activation``: a registered name or an :class:`~shallow_collapse.activations.Activation`.
+    ``on_accept(chi, state, step)``: called for the NNGP start
     (chi = inf, step None) and every accepted step of the primary branch.
     ``device``: ``cpu``, ``cuda`` or ``auto``. ``anderson_*``: memory, mixing, Tikhonov
     regularisation (relative) and stall window (0 disables it) of the ``anderson`` strategy.
@@ -90,7 +91,11 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
         if name != strategy:
             branches.append(branch(name, name != "minimize"))
     chosen = _least_action(ev, branches, float(h))
-    curvature = _curvature(ev, chosen.state, chosen.chi) if chosen.converged else math.nan
+    # Stalled next to the solution at chi = h, below the float64 noise of the map: certify it too.
+    stalled = (not chosen.converged and chosen.chi == float(h)
+               and chosen.noise > max(options.rtol, tol.NOISE_LIMITED_MIN)
+               and ev.rel_residual(chosen.state, float(h)) <= tol.NOISE_LIMITED_FACTOR * chosen.noise)
+    curvature = _curvature(ev, chosen.state, chosen.chi) if chosen.converged or stalled else math.nan
     found = _candidates(ev, branches, chosen, float(h))
     primary = branches[0]
     message = primary.message
@@ -114,7 +119,9 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
         action=ev.action(final, float(h)), curvature=curvature, factor=chosen.chi,
         evaluations=ev.evaluations, seconds=time.perf_counter() - t_start, strategy=strategy,
         origin=chosen.origin, steps=primary.steps, candidates=found,
-        failed_factor=None if chosen.converged else primary.failed_factor, message=message)
+        failed_factor=None if chosen.converged else primary.failed_factor, message=message,
+        noise=chosen.noise, noise_limited=bool(stalled and curvature > 0),
+        Sigma_next=ev.sigma_new(final.T, float(h)).cpu())
 
 
 def _least_action(ev: EoSEvaluator, branches: list[Branch], h: float) -> Branch:

@@ -33,7 +33,8 @@ class StepOutcome:
     """What a step reached: the best ``state`` and its ``rel_residual`` at chi, the iterations
     spent, whether it ``converged`` (``rel_residual <= rtol``), a ``message`` when not, and
     ``near_solution``: it stalled within ``POLISH_FROM`` of a solution, at the float64 noise floor
-    of the map, where a smaller step in chi cannot help."""
+    of the map, where a smaller step in chi cannot help; ``noise``: that float64 noise of
+    ``rel_residual`` (:func:`noise_floor`; nan where not measured)."""
 
     state: EoSState
     rel_residual: float
@@ -41,6 +42,7 @@ class StepOutcome:
     converged: bool
     message: str = ""
     near_solution: bool = False
+    noise: float = math.nan
 
 
 def _is_pd(S: torch.Tensor) -> bool:
@@ -273,10 +275,10 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
     polishing to ``rtol``; if the polish fails, L-BFGS again from the best point to its own stop
     and a second polish. Returns like :func:`_anderson_step` (on failure, the point of least
     relative residual; where that lies below ``POLISH_FROM`` the message gives the float64 noise
-    of the map there, :func:`_noise_floor`)."""
+    of the map there, :func:`noise_floor`, returned as a sixth element: nan where not measured)."""
     rel = ev.rel_residual(start, chi)
     if rel <= rtol:
-        return start, rel, 0, True, ""
+        return start, rel, 0, True, "", math.nan
     state, iterations, messages = start, 0, []
     best, best_rel = start, rel
     for stop_at in (max(rtol, tol.POLISH_FROM), rtol):
@@ -284,7 +286,7 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         iterations += its
         messages += [msg] if msg else []
         if rel <= rtol:
-            return state, rel, iterations, True, ""
+            return state, rel, iterations, True, "", math.nan
         polished, rel_p, its, ok, msg = _anderson_step(
             ev, chi, state, _anderson_memory(ev.d, state), rtol=rtol, maxiter=min(tol.POLISH_MAXITER, maxiter),
             beta=tol.POLISH_BETA, regularization=tol.POLISH_REGULARIZATION, stall=tol.POLISH_STALL)
@@ -293,16 +295,17 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         # the polish beyond float64 noise); otherwise it reached another fixed point.
         stayed = ev.action(polished, chi) <= ev.action(state, chi) + tol.POLISH_ACTION_RISE * abs(ev.action(state, chi))
         if ok and stayed:
-            return polished, rel_p, iterations, True, ""
+            return polished, rel_p, iterations, True, "", math.nan
         messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
         candidates = [(state, rel), (polished, rel_p)] if stayed else [(state, rel)]
         best, best_rel = min([(best, best_rel), *candidates], key=lambda c: c[1])
+    noise = math.nan
     if best_rel <= tol.POLISH_FROM:
         noise = noise_floor(ev, best, chi)
         if noise > rtol:
             messages.insert(0, f"stalled at rel_residual {best_rel:.2g}, where the float64 noise of the map is "
                                f"about {noise:.1g} > rtol {rtol:g}: a tolerance above the noise can be met")
-    return best, best_rel, iterations, False, "; ".join(messages)
+    return best, best_rel, iterations, False, "; ".join(messages), noise
 
 
 def noise_floor(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
@@ -328,8 +331,8 @@ def _anderson_memory(d: int, state: EoSState) -> _Memory:
 def minimize(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
              options: SolverOptions) -> StepOutcome:
     """L-BFGS on S, then Anderson polishing (:func:`_minimize_step`)."""
-    state, rel, its, ok, msg = _minimize_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter)
-    return StepOutcome(state, rel, its, ok, msg, near_solution=not ok and rel <= tol.POLISH_FROM)
+    state, rel, its, ok, msg, noise = _minimize_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter)
+    return StepOutcome(state, rel, its, ok, msg, near_solution=not ok and rel <= tol.POLISH_FROM, noise=noise)
 
 
 def anderson(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,

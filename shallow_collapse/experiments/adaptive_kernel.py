@@ -11,7 +11,7 @@ import time
 import torch
 
 from .. import metrics
-from ..eos import EoSResult, solve_eos
+from ..eos import EoSResult, nc1_error_bound, solve_eos
 from ..params import EoSParams, NetworkParams
 from . import single_run_data
 
@@ -37,7 +37,10 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
 
     ``ak``: NC1 (MATH section 4, :func:`metrics.nc1_kernel`) of Q at the EoS solution of least
     action at chi = h, ``status`` ok (converged to ``rtol`` and certified a local minimum of the
-    action) / not_converged (``nc1`` is then that of the last point reached, at chi = ``factor``;
+    action) / noise_limited (stalled next to the solution below the float64 noise of the map,
+    S curving upward there; ``nc1_error_bound`` estimates how far ``nc1`` may be from that of the
+    exact solution, empty for other statuses) / not_converged (``nc1`` is then that of the last
+    point reached, at chi = ``factor``;
     ``failed_factor`` and ``message`` say where and why) / not_minimum / nan / error, plus the
     solver columns ``action`` (S at the answer), ``rel_residual`` (max|Sigma - Sigma_new| /
     max|Sigma|), ``certified``, ``curvature`` (least relative curvature of S found there),
@@ -62,8 +65,11 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
             continue
         nc1 = float(metrics.nc1_kernel(result.Q, ds.labels))
         nc1_0 = float(metrics.nc1_kernel(result.Q0, ds.labels))
+        bound = (nc1_error_bound(result, ds.X, ds.labels, EoSParams.from_config(cfg),
+                                 activation=NetworkParams.from_config(cfg).act)
+                 if result.status == "noise_limited" else None)  # None: an empty cell, like failed_factor
         rows.append({"method": "ak", "repeat": repeat, "nc1": nc1, "status": result.status,
-                     **_solver_columns(result)})
+                     "nc1_error_bound": bound, **_solver_columns(result)})
         rows.append({"method": "nngp", "repeat": repeat, "nc1": nc1_0,
                      "status": "ok" if math.isfinite(nc1_0) else "nan"})
     return rows

@@ -206,3 +206,32 @@ def test_a_tolerance_below_the_float64_noise_is_reported_not_met():
     reference = eos.solve_eos(ds.X, ds.y, PAPER)
     assert result.rel_residual < 1e-9
     assert (result.Sigma - reference.Sigma).abs().max() <= 1e-6 * reference.Sigma.abs().max()
+
+
+# -- ReLU at the paper's sig2 = 1e-6 -----------------------------------------------------------
+
+@pytest.mark.parametrize("N", [256, 1024])
+def test_relu_at_the_papers_sig2_d1_is_certified_and_homogeneous(N):
+    """d = 1: Q(s) = s Q(1) for ReLU, so NC1 of the AK equals that of the NNGP exactly (NC1 is
+    scale invariant); the rank-two evaluation reaches rtol where the dense one stalled at 1e-6."""
+    ds = paper_data(N, 1)
+    result = eos.solve_eos(ds.X, ds.y, PAPER, activation="relu")
+    assert result.status == "ok" and result.certified and result.rel_residual <= PAPER.rtol
+    nc1, nc1_0 = (float(metrics.nc1_kernel(Q, ds.labels)) for Q in (result.Q, result.Q0))
+    assert math.isclose(nc1, nc1_0, rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("N", [256, 512])
+def test_relu_at_the_papers_sig2_d2_is_ok_or_noise_limited_with_a_bound(N):
+    """d = 2: where float64 cannot reach rtol (the map's own noise is above it), the solve says
+    so with its own status, certified, and a finite NC1 error bound; never a bare not_converged."""
+    ds = paper_data(N, 2)
+    result = eos.solve_eos(ds.X, ds.y, PAPER, activation="relu")
+    assert result.status in ("ok", "noise_limited"), result.message
+    assert result.curvature > 0
+    if result.status == "noise_limited":
+        assert result.noise > PAPER.rtol and result.rel_residual <= 5.0 * result.noise
+        assert not result.converged and not result.certified and "float64 noise" in result.message
+        bound = eos.nc1_error_bound(result, ds.X, ds.labels, PAPER, activation="relu")
+        assert 0 <= bound < 1e-2 * float(metrics.nc1_kernel(result.Q, ds.labels))
+

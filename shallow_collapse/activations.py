@@ -1,7 +1,9 @@
-"""Every activation phi the toolkit knows, and everything it needs of each (MATH.md sections 2, 5-6).
+"""Every activation phi the toolkit knows, and everything it needs of each (MATH.md sections 2, 5-6, 8).
 
-One :class:`Activation` per name in :data:`ACTIVATIONS`; adding an activation means adding its
-functions here and one registry entry. For an activation it holds:
+One :class:`Activation` per name in :data:`ACTIVATIONS` (see docs/ACTIVATIONS.md). phi alone defines
+an activation: :func:`register` builds every other field from it with the numerical engine of
+:mod:`shallow_collapse.kernel_maps`; a closed form, where one exists, overrides the numerical maps.
+For an activation it holds:
 
 - ``phi``: the pointwise function of the network (autograd-aware); ``phi_out(z, out)`` writes
   phi(z) into ``out``; ``dphi_(z, zero)`` turns ``z`` into phi'(z) / ``slope`` in place (the
@@ -13,6 +15,9 @@ functions here and one registry entry. For an activation it holds:
 - ``eos_q(K, diag, siga2)`` -> ``(Q, ctx)`` and ``eos_g(A, ctx, siga2)`` -> ``(G, scale)``: the fused,
   in-place forms of the EoS evaluation (``K`` and ``A`` are overwritten): Q = siga2 Kphi(K), and
   ``scale * G`` = dTr(A Q)/dK with the entries of K taken as independent (MATH.md section 6).
+- ``numerical``: the :class:`~shallow_collapse.kernel_maps.NumericalMaps` of phi (what the maps are
+  without a closed form; the accuracy benchmark compares the two); ``closed_form``: whether the
+  maps above are closed forms.
 """
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Activation", "ACTIVATIONS", "get", "ERF_SLOPE", "erf", "erf_maps", "relu_maps", "kernel_phi"]
+from .kernel_maps import NumericalMaps, derivative_by_autograd
+
+__all__ = ["Activation", "ACTIVATIONS", "get", "register", "leaky_relu", "ERF_SLOPE", "erf", "erf_maps",
+           "relu_maps", "kernel_phi"]
 
 ERF_SLOPE = 2.0 / math.sqrt(math.pi)  # erf'(z) = ERF_SLOPE exp(-z^2)
 
@@ -190,6 +198,107 @@ def _relu_dphi_(z, zero):
     return z.gt_(0.0)
 
 
+# -- closed forms as (F, Kdphi, P) of pairs ---------------------------------------------------------
+# Each takes K (..., n, m) with row variances a (..., n, 1) and column variances b (..., 1, m) and
+# returns F = E[phi(u)phi(v)], Kdphi = dF/dK_ij and P = 2 dF/dK_ii = E[phi''(u)phi(v)] (MATH.md 8).
+
+def _leaky_triple(alpha: float):
+    """phi(x) = p x + q |x| with p = (1+alpha)/2, q = (1-alpha)/2 (x for x > 0, alpha x below):
+    F = p^2 c + q^2 (2/pi) n (sqrt(1-rho^2) + rho asin rho), Kdphi = p^2 + q^2 (2/pi) asin rho,
+    P = q^2 (2/pi) sqrt(b/a) sqrt(1-rho^2), with n = sqrt(ab), rho = c/n (E[|u||v|] and its derivatives)."""
+    p2, q2 = ((1.0 + alpha) / 2.0) ** 2, ((1.0 - alpha) / 2.0) ** 2
+
+    def triple(K, a, b):
+        n = (a * b).clamp_min(0.0).sqrt()
+        rho = torch.where(n > 0, K / torch.where(n > 0, n, 1.0), 1.0).clamp(-1.0, 1.0)
+        rho = torch.where(rho.abs() > _SNAP, rho.sign(), rho)  # see relu_maps
+        sin = (1.0 - rho * rho).clamp_min(0.0).sqrt()
+        asin = torch.asin(rho)
+        F = p2 * K + q2 * (2.0 / math.pi) * n * (sin + rho * asin)
+        Kd = p2 + q2 * (2.0 / math.pi) * asin
+        P = q2 * (2.0 / math.pi) * torch.where(a > 0, (b / torch.where(a > 0, a, 1.0)).sqrt(), 0.0) * sin
+        return F, Kd, P
+
+    return triple
+
+
+def _trig_triple(kind: str):
+    """sin: F = exp(-(a+b)/2) sinh c, Kdphi = exp(-(a+b)/2) cosh c; cos: sinh and cosh swap; P = -F."""
+
+    def triple(K, a, b):
+        e = torch.exp(-0.5 * (a + b))
+        sh, ch = e * torch.sinh(K), e * torch.cosh(K)
+        F, Kd = (sh, ch) if kind == "sin" else (ch, sh)
+        return F, Kd, -F
+
+    return triple
+
+
+def _gelu_kphi(K, a, b):
+    """E[u Phi(u) v Phi(v)] (GELU, Phi the normal CDF), differentiable in (K, a, b).
+
+    With g1, g2 ~ N(0, 1) independent, Phi(u) Phi(v) = P(g1 < u, g2 < v); for xi = (u - g1, v - g2)
+    (covariance S = [[a+1, c], [c, b+1]]), E[uv | xi] = c - k_u^T S^-1 k_v + (S^-1 k_u)^T xi xi^T (S^-1 k_v)
+    with k_u = (a, c), k_v = (c, b), and the orthant moments of a correlated pair (correlation r):
+    P(x>0, y>0) = 1/4 + asin(r)/(2 pi), E[x^2 1] = P + r sqrt(1-r^2)/(2 pi),
+    E[xy 1] = r P + sqrt(1-r^2)/(2 pi).
+    """
+    sa, sb = (a + 1.0).sqrt(), (b + 1.0).sqrt()
+    det = (a + 1.0) * (b + 1.0) - K * K
+    r = (K / (sa * sb)).clamp(-1.0, 1.0)
+    root = (1.0 - r * r).clamp_min(0.0).sqrt()
+    prob = 0.25 + torch.asin(r) / (2.0 * math.pi)
+    m_xx = prob + r * root / (2.0 * math.pi)
+    m_xy = r * prob + root / (2.0 * math.pi)
+    # S^-1 k_u and S^-1 k_v (2-vectors), expressed in the standardised xi / (sa, sb)
+    au, cu = ((b + 1.0) * a - K * K) / det, (-K * a + (a + 1.0) * K) / det
+    av, cv = ((b + 1.0) * K - K * b) / det, (-K * K + (a + 1.0) * b) / det
+    cond = K - (a * av + K * cv)  # c - k_u^T S^-1 k_v
+    quad = (au * av * (a + 1.0) * m_xx + cu * cv * (b + 1.0) * m_xx
+            + (au * cv + cu * av) * sa * sb * m_xy)
+    return cond * prob + quad
+
+
+def _autograd_triple(kphi: Callable):
+    """(F, Kdphi, P) of a differentiable closed-form F(K, a, b), its derivatives by autograd."""
+
+    def triple(K, a, b):
+        with torch.enable_grad():
+            K, a, b = torch.broadcast_tensors(K.detach(), a.detach(), b.detach())
+            K, a = K.clone().requires_grad_(True), a.clone().requires_grad_(True)
+            F = kphi(K, a, b)
+            dK, da = torch.autograd.grad(F.sum(), (K, a))
+        return F.detach(), dK, 2.0 * da
+
+    return triple
+
+
+def _closed_form_fields(triple: Callable, kphi: Callable | None = None) -> dict:
+    """``maps``, ``kernel_phi``, ``eos_q``, ``eos_g`` of a closed-form triple (see above)."""
+
+    def maps(K, k_row=None, k_col=None):
+        k_row, k_col = _diagonals(K, k_row, k_col)
+        F, Kd, _ = triple(K, k_row, k_col)
+        return F, Kd
+
+    def kernel_phi(K):
+        d = torch.diagonal(K)
+        return (kphi or (lambda K, a, b: triple(K, a, b)[0]))(K, d[:, None], d[None, :])
+
+    def eos_q(K, diag, siga2):
+        F, Kd, P = triple(K, diag[:, None], diag[None, :])
+        return F.mul_(siga2), (Kd, P)
+
+    def eos_g(A, ctx, siga2):
+        Kd, P = ctx
+        diag_term = torch.linalg.vecdot(A, P, dim=1)
+        G = A.mul_(Kd)
+        G.diagonal().add_(diag_term)
+        return G, siga2
+
+    return dict(maps=maps, kernel_phi=kernel_phi, eos_q=eos_q, eos_g=eos_g)
+
+
 # -- the registry ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -205,24 +314,105 @@ class Activation:
     kernel_phi: Callable
     eos_q: Callable
     eos_g: Callable
+    numerical: NumericalMaps | None = None
+    closed_form: bool = False
+
+
+def _from_phi(name: str, phi: Callable, dphi: Callable | None = None, **overrides) -> Activation:
+    """An :class:`Activation` from phi alone (phi' by autograd when ``dphi`` is None); ``overrides``
+    replace fields (closed forms, fused training forms)."""
+    dphi = dphi if dphi is not None else derivative_by_autograd(phi)
+    engine = NumericalMaps(phi, dphi)
+    fields = dict(name=name, phi=phi, phi_out=lambda z, out: out.copy_(phi(z)),
+                  dphi_=lambda z, zero: z.copy_(dphi(z)), slope=1.0, maps=engine.maps,
+                  kernel_phi=engine.kernel_phi, eos_q=engine.eos_q, eos_g=engine.eos_g, numerical=engine,
+                  closed_form=False)
+    closed = {"maps", "kernel_phi", "eos_q", "eos_g"} & set(overrides)
+    if closed and closed != {"maps", "kernel_phi", "eos_q", "eos_g"}:
+        raise ValueError(f"activation {name!r}: a closed form overrides all of maps, kernel_phi, eos_q, eos_g")
+    fields.update(overrides, closed_form=bool(closed))
+    return Activation(**fields)
+
+
+def leaky_relu(slope: float = 0.01) -> Activation:
+    """phi(x) = x for x > 0 and ``slope`` x below (closed form; slope = -1 is abs, 0 is ReLU)."""
+    p, q = (1.0 + slope) / 2.0, (1.0 - slope) / 2.0
+    return _from_phi("leaky_relu", lambda z: p * z + q * z.abs(), lambda z: p + q * torch.sign(z), **_closed_form_fields(_leaky_triple(slope)))
+
+
+def _sigmoid_d(z):
+    s = torch.sigmoid(z)
+    return s * (1.0 - s)
+
+
+def _gelu(z):
+    return 0.5 * z * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+
+
+def _gelu_d(z):
+    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0)))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def _silu_d(z):
+    s = torch.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "erf": Activation("erf", erf, lambda z, out: torch.erf(z, out=out), _erf_dphi_, ERF_SLOPE, erf_maps,
-                      _erf_kernel_phi, _erf_eos_q, _erf_eos_g),
-    "relu": Activation("relu", torch.relu, _relu_out, _relu_dphi_, 1.0, relu_maps, _relu_kernel_phi,
-                       _relu_eos_q, _relu_eos_g),
+    "erf": _from_phi("erf", erf, lambda z: ERF_SLOPE * torch.exp(-z * z),
+                     phi_out=lambda z, out: torch.erf(z, out=out), dphi_=_erf_dphi_, slope=ERF_SLOPE,
+                     maps=erf_maps, kernel_phi=_erf_kernel_phi, eos_q=_erf_eos_q, eos_g=_erf_eos_g),
+    "relu": _from_phi("relu", torch.relu, lambda z: (z > 0).to(z.dtype), phi_out=_relu_out,
+                      dphi_=_relu_dphi_, maps=relu_maps, kernel_phi=_relu_kernel_phi, eos_q=_relu_eos_q,
+                      eos_g=_relu_eos_g),
+    "leaky_relu": leaky_relu(),
+    "abs": _from_phi("abs", torch.abs, torch.sign, **_closed_form_fields(_leaky_triple(-1.0))),
+    "gelu": _from_phi("gelu", _gelu, _gelu_d,
+                      **_closed_form_fields(_autograd_triple(_gelu_kphi), _gelu_kphi)),
+    "sin": _from_phi("sin", torch.sin, torch.cos, **_closed_form_fields(_trig_triple("sin"))),
+    "cos": _from_phi("cos", torch.cos, lambda z: -torch.sin(z), **_closed_form_fields(_trig_triple("cos"))),
+    "silu": _from_phi("silu", torch.nn.functional.silu, _silu_d),
+    "softplus": _from_phi("softplus", torch.nn.functional.softplus, torch.sigmoid),
+    "tanh": _from_phi("tanh", torch.tanh, lambda z: 1.0 - torch.tanh(z) ** 2),
+    "sigmoid": _from_phi("sigmoid", torch.sigmoid, _sigmoid_d),
 }
 
 
-def get(name: str) -> Activation:
-    """The :class:`Activation` called ``name``; ValueError naming the known ones otherwise."""
+def register(name: str, phi: Callable, dphi: Callable | None = None, **closed_form) -> Activation:
+    """Add the activation ``phi`` (an elementwise torch function) under ``name`` and return it.
+
+    Everything else is derived from phi (phi' by autograd unless ``dphi`` is given); ``closed_form``
+    may give ``maps``, ``kernel_phi``, ``eos_q`` and ``eos_g`` together (see the module docstring).
+    Configs can then name it; a name already taken is refused.
+    """
+    if name in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is already registered")
+    ACTIVATIONS[name] = _from_phi(name, phi, dphi, **closed_form)
+    return ACTIVATIONS[name]
+
+
+def get(name, *, slope: float | None = None) -> Activation:
+    """The :class:`Activation` called ``name`` (an Activation is returned as it is); ``slope`` makes
+    leaky_relu's negative-side slope. ValueError naming the known ones otherwise."""
+    if isinstance(name, Activation):
+        return name
+    if name == "leaky_relu" and slope is not None and slope != 0.01:
+        return _leaky_cache(float(slope))
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(sorted(ACTIVATIONS))}") from None
 
 
-def kernel_phi(K: torch.Tensor, activation: str) -> torch.Tensor:
+_LEAKY: dict[float, Activation] = {}
+
+
+def _leaky_cache(slope: float) -> Activation:
+    if slope not in _LEAKY:
+        _LEAKY[slope] = leaky_relu(slope)
+    return _LEAKY[slope]
+
+
+def kernel_phi(K: torch.Tensor, activation) -> torch.Tensor:
     """``Kphi(K)`` ``(N, N)`` of a symmetric pre-activation kernel ``K`` ``(N, N)``, differentiable."""
     return get(activation).kernel_phi(K)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from .data import DATA_CLASSES
-from .activations import ACTIVATIONS
+from . import activations
 from .eos import STRATEGIES as EOS_STRATEGIES
 from .params import EoSParams, LangevinParams, NetworkParams, ProbeParams, SGDParams
 
@@ -95,7 +95,11 @@ SCHEMA: dict[str, Key] = {
     "repeat": Key(10, "int", "grid", "independent draws (data and network) per grid cell", bound=POSITIVE_INT),
     # network (MATH sections 2 and 5)
     "L": Key(NetworkParams.L, "int", "network", "number of layers (L=2: one hidden layer; the adaptive kernel needs L=2)", bound=AT_LEAST_2),
-    "activation": Key(NetworkParams.activation, "|".join(ACTIVATIONS), "network", "activation phi: erf or relu"),
+    "activation": Key(NetworkParams.activation, "str", "network",
+                      "activation phi: a name of the registry (erf, relu, leaky_relu, abs, gelu, silu, softplus, "
+                      "tanh, sigmoid, sin, cos; see docs/ACTIVATIONS.md)"),
+    "leaky_relu_slope": Key(NetworkParams.leaky_relu_slope, "float", "network",
+                            "leaky_relu: phi(x) = x for x > 0, leaky_relu_slope * x below"),
     "bias_std": Key(NetworkParams.bias_std, "float", "network", "sb: bias standard deviation", bound=NON_NEGATIVE),
     "hidden_weight_std": Key(NetworkParams.hidden_weight_std, "float", "network", "sw: hidden weights ~ N(0, sw^2/fan_in)", bound=NON_NEGATIVE),
     "final_weight_std": Key(NetworkParams.final_weight_std, "float", "network", "so: output weights ~ N(0, so^2/h)", bound=NON_NEGATIVE),
@@ -288,6 +292,8 @@ def _check(cfg: dict) -> None:
     """Cross-key checks; fills the derived default of class_sizes (N/C each)."""
     _require(bool(_NAME.fullmatch(cfg["name"])) and ".." not in cfg["name"], "name",
              "a folder name of at most 100 letters, digits, '.', '_' and '-' (no path separators)", cfg["name"])
+    _require(cfg["activation"] in activations.ACTIVATIONS, "activation",
+             "one of " + ", ".join(sorted(activations.ACTIVATIONS)), cfg["activation"])
     C = cfg["num_classes"]
     implied = DATA_CLASSES[cfg["training_data_cls"]]
     _require(C == implied, "num_classes", f"{implied} for training_data_cls {cfg['training_data_cls']}", C)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import activations
 from .devices import torch_threads
 from .metrics import one_hot, traces_from_block_sums
 from .params import NetworkParams
@@ -57,7 +56,7 @@ def _recursion(K, k_row, k_col, net: NetworkParams):
     L = net.L
     if L < 2:
         raise ValueError(f"L must be >= 2 (one hidden layer at least), got {L}")
-    maps = activations.get(net.activation).maps
+    maps = net.act.maps
     sb2 = net.bias_std**2
     pre, post, ntk = [K], [], K
     for layer in range(2, L + 1):

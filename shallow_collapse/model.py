@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import activations
 from .data import draw_seed
 from .params import NetworkParams
 
@@ -65,7 +64,7 @@ class FCNEnsemble(torch.nn.Module):
         num_layers = net.L
         if num_layers < 2:
             raise ValueError(f"num_layers must be >= 2 (one hidden layer at least), got {num_layers}")
-        self.phi = activations.get(net.activation).phi
+        self.phi = net.act.phi
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ValueError("an ensemble needs at least one seed")

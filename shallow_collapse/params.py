@@ -29,14 +29,23 @@ class _Group:
 @dataclass(frozen=True, kw_only=True)
 class NetworkParams(_Group):
     """The network of MATH.md sections 2 and 5: ``L`` layers (L=2: one hidden layer), activation
-    phi (a name of :data:`shallow_collapse.activations.ACTIVATIONS`), W_1 ~ N(0, sw^2/d), hidden
-    W_l ~ N(0, sw^2/h), W_L ~ N(0, so^2/h), biases ~ N(0, sb^2)."""
+    phi (a name of :data:`shallow_collapse.activations.ACTIVATIONS`; ``leaky_relu_slope`` is
+    leaky_relu's slope below 0), W_1 ~ N(0, sw^2/d), hidden W_l ~ N(0, sw^2/h),
+    W_L ~ N(0, so^2/h), biases ~ N(0, sb^2). :attr:`act` is the resolved activation."""
 
     L: int = 2
     activation: str = "erf"
+    leaky_relu_slope: float = 0.01
     hidden_weight_std: float = 1.0  # sw
     final_weight_std: float = 1.97  # so
     bias_std: float = 0.0  # sb
+
+    @property
+    def act(self):
+        """The :class:`~shallow_collapse.activations.Activation` named by ``activation``."""
+        from . import activations
+
+        return activations.get(self.activation, slope=self.leaky_relu_slope)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import activations, metrics
+from . import metrics
 from .data import one_hot_targets, scalar_targets
 from .model import FCNEnsemble, seed_int
 from .params import ProbeParams, SGDParams
@@ -204,7 +204,7 @@ class TwoLayerGradients:
         W1, b1, W2, b2 = m.weights[0], m.biases[0], m.weights[1], m.biases[1]
         R, B, d = xb.shape
         h, o = W1.shape[1], W2.shape[1]
-        act = activations.get(m.activation)
+        act = m.net.act
         b1u, b2u, W1t, W2t = b1.unsqueeze(-2), b2.unsqueeze(-2), W1.transpose(-1, -2), W2.transpose(-1, -2)
         sq = W1.new_zeros(R)
         gW2, gb2 = torch.zeros_like(W2), torch.zeros_like(b2)
@@ -254,7 +254,7 @@ class TwoLayerGradients:
             else:
                 gW1 += p[4]
                 gb1 += p[5]
-        slope = activations.get(m.activation).slope
+        slope = m.net.act.slope
         W2.grad, b2.grad = gW2, gb2
         if o == 1:
             w2 = W2.transpose(-1, -2) * slope  # (R, h, 1)

@@ -18,7 +18,7 @@ BAD = [  # (keys written to the config, override, words the one-line message mus
     ({"N": 10, "class_sizes": [4, 5]}, None, ["'class_sizes'", "sum to N=10"]),
     ({"class_sizes_list": [[8, -8]]}, None, ["'class_sizes_list'", "positive class sizes"]),
     ({"class_means": [-2, 0, 2]}, None, ["'class_means'", "num_classes=2"]),
-    ({"activation": "tanh"}, None, ["'activation'", "erf", "relu"]),
+    ({"activation": "swish2"}, None, ["'activation'", "erf", "relu", "tanh", "leaky_relu"]),
     ({"training_data_cls": "MNIST"}, None, ["'training_data_cls'", "GaussiandD2NL"]),
     ({"training_data_cls": "GaussiandD4NL"}, None, ["'num_classes'", "4"]),
     ({"name": "../escape"}, None, ["'name'", "folder name"]),
@@ -65,7 +65,7 @@ def test_missing_file_unparsable_yaml_and_unsafe_yaml(tmp_path, out_root, capsys
 
 
 def test_script_exits_2_without_traceback(write_config, tmp_path):
-    path = write_config(activation="tanh")
+    path = write_config(activation="swish2")
     proc = subprocess.run([sys.executable, "limiting_kernels_bulk_balanced.py", str(path), "--out", str(tmp_path / "o")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "'activation'" in proc.stderr

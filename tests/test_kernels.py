@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from shallow_collapse import activations
 from shallow_collapse.data import class_labels, gaussian_data
 from shallow_collapse.kernels import kernel_names, limiting_kernels, limiting_kernels_nc1
 from shallow_collapse.metrics import nc1_kernel
@@ -88,3 +89,30 @@ def test_paper_data_ordering_of_methods():
         # NC1(NTK) >= NC1(NNGP); for ReLU at d=1 they are equal (NTK = 2 x NNGP), up to round-off.
         assert e["ntk"] >= e["post1"] * (1 - 1e-9) and r["ntk"] >= r["post1"] * (1 - 1e-9)
         assert e["post1"] < r["post1"]  # erf collapses more than ReLU
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", sorted(activations.ACTIVATIONS))
+def test_every_activation_matches_a_wide_random_network(activation):
+    # One hidden layer of width h = 200k with phi of the registry and phi' by autograd (independent
+    # of the kernel maps' own derivative). Per hidden unit k the output's NNGP term is
+    # so^2 phi_ik phi_jk and its tangent-kernel term so^2 [phi_ik phi_jk + a_k^2 phi'_ik phi'_jk
+    # (sw^2/d x_i.x_j + sb^2)] (gradients in a, W, b); the network's kernels are their means plus
+    # sb^2 (the output bias), each within 4 standard errors std/sqrt(h) of the limiting kernels.
+    sw, so, sb, h = 1.3, 1.97, 0.4, 200_000
+    gen = torch.Generator().manual_seed(3)
+    X = paper_points(5, 3, seed=4)
+    d = X.shape[1]
+    net = NetworkParams(activation=activation, hidden_weight_std=sw, final_weight_std=so, bias_std=sb)
+    W = torch.randn(h, d, generator=gen, dtype=torch.float64)
+    b, a = torch.randn(h, generator=gen, dtype=torch.float64), torch.randn(h, generator=gen, dtype=torch.float64)
+    z = ((sw / math.sqrt(d)) * X @ W.T + sb * b).requires_grad_(True)
+    hidden = net.act.phi(z)
+    (dphi,) = torch.autograd.grad(hidden.sum(), z)
+    hidden = hidden.detach()
+    nngp_terms = so**2 * hidden[:, None, :] * hidden[None, :, :]
+    ntk_terms = nngp_terms + so**2 * (a**2) * dphi[:, None, :] * dphi[None, :, :] * (
+        (sw**2 / d) * X @ X.T + sb**2)[:, :, None]
+    exact = limiting_kernels(X, net)
+    for terms, kernel in ((nngp_terms, exact.pre[-1]), (ntk_terms, exact.ntk)):
+        assert_within_standard_errors(sb**2 + terms.mean(-1), terms.std(-1) / math.sqrt(h), kernel, k=4.0)

@@ -120,7 +120,7 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError):
         FCNEnsemble([0], 2, 4, net=NetworkParams(L=1))
     with pytest.raises(ValueError):
-        FCNEnsemble([0], 2, 4, net=NetworkParams(activation="tanh"))
+        FCNEnsemble([0], 2, 4, net=NetworkParams(activation="swish2"))
     with pytest.raises(ValueError):
         FCNEnsemble([], 2, 4)
 

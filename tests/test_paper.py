@@ -129,7 +129,7 @@ def test_ctrl_c_keeps_what_finished(tmp_path):
 
 def test_bad_shared_key_stops_before_any_work(tmp_path, capsys):
     config = tmp_path / "paper.yml"
-    config.write_text(yaml.safe_dump({**SHARED, "activation": "tanh"}))
+    config.write_text(yaml.safe_dump({**SHARED, "activation": "swish2"}))
     assert main([str(config), "--out", str(tmp_path / "out"), "--configs", str(CONFIGS)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("paper.py: error:") and "'activation'" in err and len(err.strip().splitlines()) == 1

@@ -18,8 +18,8 @@ GROUPS = (NetworkParams, EoSParams, SGDParams, LangevinParams, ProbeParams)
 
 
 def test_defaults_are_the_papers():
-    assert NetworkParams() == NetworkParams(L=2, activation="erf", hidden_weight_std=1.0, final_weight_std=1.97,
-                                            bias_std=0.0)
+    assert NetworkParams() == NetworkParams(L=2, activation="erf", leaky_relu_slope=0.01, hidden_weight_std=1.0,
+                                            final_weight_std=1.97, bias_std=0.0)
     assert EoSParams() == EoSParams(sigw2=1.0, siga2=1 / 128, sig2=1e-6, h=500,
                                     annealing_factors=(1e5, 1e4, 2000.0, 1000.0, 500.0), strategy="minimize",
                                     candidates=(), rtol=1e-8, maxiter=500, inner_maxiter=100, max_subdivisions=4)

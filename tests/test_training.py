@@ -218,7 +218,7 @@ def test_weight_spectra_of_a_diverged_network_are_nan_not_an_error():
     assert np.isnan(s["W1"][1]).all() and np.isfinite(s["W1"][0]).all()
 
 
-@pytest.mark.parametrize("activation", ["erf", "relu"])
+@pytest.mark.parametrize("activation", ["erf", "relu", "tanh", "gelu", "leaky_relu"])
 @pytest.mark.parametrize("out_features,batch_size", [(1, None), (1, 6), (3, None)])
 def test_two_layer_fast_gradients_equal_autograd(activation, out_features, batch_size):
     from shallow_collapse.training import TwoLayerGradients

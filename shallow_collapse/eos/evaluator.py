@@ -76,7 +76,7 @@ class EoSEvaluator:
     counts calls of :meth:`state`.
     """
 
-    def __init__(self, X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkParams.activation,
+    def __init__(self, X, y, params: EoSParams = PAPER_EOS, *, activation=NetworkParams.activation,
                  device="cpu"):
         self.act = activations.get(activation)
         self.device = resolve_device(device)
@@ -93,7 +93,7 @@ class EoSEvaluator:
         self.sigw2, self.siga2, self.sig2 = float(params.sigw2), float(params.siga2), float(params.sig2)
         self.evaluations = 0
         # ReLU on collinear data (d = 1): Q has rank two in closed form (_collinear_relu_state).
-        self._rank_two = activation == "relu" and self.d == 1
+        self._rank_two = self.act is activations.get("relu") and self.d == 1
         self._eye_d = torch.eye(self.d, dtype=torch.float64, device=self.device)
         # (Sigma, T) of the latest evaluations, d x d each: the certificate reads curvature along
         # the directions the solver explored last from them (T does not depend on chi).

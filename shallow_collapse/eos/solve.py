@@ -46,7 +46,8 @@ def solve_eos(X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkP
     ``maxiter``: iterations per step (minimize: L-BFGS iterations per round; newton-krylov: Newton
     steps); ``inner_maxiter``: Krylov iterations per Newton step.
 
-    ``activation``: erf or relu. ``on_accept(chi, state, step)``: called for the NNGP start
+    ``activation``: a registered name or an :class:`~shallow_collapse.activations.Activation`.
+    ``on_accept(chi, state, step)``: called for the NNGP start
     (chi = inf, step None) and every accepted step of the primary branch.
     ``device``: ``cpu``, ``cuda`` or ``auto``. ``anderson_*``: memory, mixing, Tikhonov
     regularisation (relative) and stall window (0 disables it) of the ``anderson`` strategy.

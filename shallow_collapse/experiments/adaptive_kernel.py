@@ -12,7 +12,7 @@ import torch
 
 from .. import metrics
 from ..eos import EoSResult, nc1_error_bound, solve_eos
-from ..params import EoSParams
+from ..params import EoSParams, NetworkParams
 from . import single_run_data
 
 __all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe"]
@@ -21,8 +21,8 @@ __all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe"]
 def solve(cfg: dict, ds, **options) -> EoSResult:
     """:func:`~shallow_collapse.eos.solve_eos` on the draw ``ds`` with the config's EoS keys
     (:class:`~shallow_collapse.params.EoSParams`), activation and device; ``options`` are passed on."""
-    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=cfg["activation"], device=cfg["device"],
-                     **options)
+    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=NetworkParams.from_config(cfg).act,
+                     device=cfg["device"], **options)
 
 
 def _solver_columns(result: EoSResult) -> dict:
@@ -65,7 +65,8 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
             continue
         nc1 = float(metrics.nc1_kernel(result.Q, ds.labels))
         nc1_0 = float(metrics.nc1_kernel(result.Q0, ds.labels))
-        bound = (nc1_error_bound(result, ds.X, ds.labels, EoSParams.from_config(cfg), activation=cfg["activation"])
+        bound = (nc1_error_bound(result, ds.X, ds.labels, EoSParams.from_config(cfg),
+                                 activation=NetworkParams.from_config(cfg).act)
                  if result.status == "noise_limited" else None)  # None: an empty cell, like failed_factor
         rows.append({"method": "ak", "repeat": repeat, "nc1": nc1, "status": result.status,
                      "nc1_error_bound": bound, **_solver_columns(result)})

@@ -1,0 +1,219 @@
+"""Kernel maps of any activation from phi alone (shallow_collapse.kernel_maps, docs/MATH.md section 8)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shallow_collapse import activations, data, eos
+from shallow_collapse.kernel_maps import NumericalMaps
+from shallow_collapse.params import EoSParams
+
+SMOOTH = ["erf", "gelu", "sin", "cos"]
+KINKED = ["relu", "leaky_relu", "abs"]
+# Relative accuracy of the numerical path against the closed forms (error / largest entry). Smooth
+# phi: the table stops at trailing coefficients of 1e-14 and a rho-derivative costs ~degree^2 of
+# that (bench/bench_activations.py: Kphi <= 5e-14, Kdphi <= 1.1e-10, G <= 3.2e-11). Kinked phi: the
+# rho-expansion of E|u||v| has a (1 - rho^2)^(3/2) singularity, its coefficients fall as m^-4 and
+# Kdphi's as m^-2 at the cap of 160 degrees (measured: Kphi ~1e-6, Kdphi ~1e-4 next to |rho| = 1).
+TOL = {**{a: (1e-11, 1e-9, 1e-9) for a in SMOOTH}, **{a: (1e-5, 3e-3, 3e-3) for a in KINKED}}
+
+
+def kernel_with_collinear_pairs(d, seed=0):
+    """A pre-activation kernel of paper-like points (variances ~0.5..15) with an exact duplicate, an
+    exact negative, and a pair at 1 - rho = 1e-9 (near-collinear): the cases that need care."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(40, d, generator=g, dtype=torch.float64) * 0.8 + 1.5 * torch.sign(torch.randn(40, 1, generator=g,
+                                                                                                 dtype=torch.float64))
+    X = torch.cat([X, X[:1], -X[1:2], X[2:3] + 1e-9 * torch.randn(1, d, generator=g, dtype=torch.float64)])
+    return X @ X.T / d + 0.3 * (d > 1)
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("name", SMOOTH + KINKED)
+@pytest.mark.parametrize("d", [1, 3, 16])
+def test_numerical_path_matches_closed_forms(name, d):
+    act = activations.get(name, slope=0.2) if name == "leaky_relu" else activations.get(name)
+    assert act.closed_form
+    K = kernel_with_collinear_pairs(d)
+    tol_f, tol_d, tol_g = TOL[name]
+    (F, Kd), (Fn, Kdn) = act.maps(K), act.numerical.maps(K)
+    assert rel_err(Fn, F) < tol_f and rel_err(Kdn, Kd) < tol_d
+    # The EoS derivatives: G = dTr(A Q)/dK for a random symmetric A, fused forms of both paths.
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(K.shape, generator=g, dtype=torch.float64)
+    A = A + A.T
+    Q, ctx = act.eos_q(K.clone(), K.diagonal().clone(), 0.5)
+    Qn, ctxn = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 0.5)
+    G, s = act.eos_g(A.clone(), ctx, 0.5)
+    Gn, sn = act.numerical.eos_g(A.clone(), ctxn, 0.5)
+    assert rel_err(Qn, Q) < tol_f and rel_err(Gn * sn, G * s) < tol_g
+
+
+@pytest.mark.parametrize("name", ["tanh", "softplus", "gelu"])
+@pytest.mark.parametrize("d", [1, 4])
+def test_fused_gradient_is_the_derivative_of_kernel_phi(name, d):
+    # G (entries of K independent) against autograd through the differentiable kernel_phi along
+    # K = X Sigma X^T: T = X^T G X equals d Tr(A Kphi(X Sigma X^T)) / dSigma.
+    act = activations.get(name)
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(30, d, generator=g, dtype=torch.float64) + 1.0
+    S = torch.eye(d, dtype=torch.float64) * 0.7 + 0.1
+    A = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    A = A + A.T
+    K = X @ S @ X.T
+    Q, ctx = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 1.0)
+    G, scale = act.numerical.eos_g(A.clone(), ctx, 1.0)
+    T = scale * X.T @ G @ X
+    Sv = S.clone().requires_grad_(True)
+    (A * act.numerical.kernel_phi(X @ Sv @ X.T)).sum().backward()
+    ref = 0.5 * (Sv.grad + Sv.grad.T)
+    assert rel_err(0.5 * (T + T.T), ref) < 1e-10
+    torch.testing.assert_close(Q, act.numerical.kernel_phi(K), rtol=0, atol=1e-13)
+
+
+def test_collinear_pairs_are_one_dimensional_expectations():
+    # At d = 1 every pair has rho = +-1: E[phi(s_i z) phi(+-s_j z)] by the 1-D rule, checked against
+    # scipy's adaptive quadrature for tanh.
+    from scipy.integrate import quad
+
+    nm = activations.get("tanh").numerical
+    x = torch.tensor([[0.7], [-1.9], [3.0]], dtype=torch.float64)
+    K = x @ x.T
+    F, Kd = nm.maps(K)
+    for i in range(3):
+        for j in range(3):
+            si, sj = float(x[i]), float(x[j])
+            dens = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            ref = quad(lambda z: math.tanh(si * z) * math.tanh(sj * z) * dens(z), -12, 12, epsabs=1e-15, limit=200)[0]
+            refd = quad(lambda z: (1 - math.tanh(si * z) ** 2) * (1 - math.tanh(sj * z) ** 2) * dens(z), -12, 12,
+                        epsabs=1e-15, limit=200)[0]
+            assert math.isclose(float(F[i, j]), ref, rel_tol=1e-12, abs_tol=1e-14)
+            assert math.isclose(float(Kd[i, j]), refd, rel_tol=1e-12, abs_tol=1e-14)
+
+
+def test_tables_are_cached_per_box_and_report_their_tail():
+    nm = NumericalMaps(torch.tanh)
+    a = nm.table(4.1, 4.6)  # both in the box [2^2, 2^2.25]
+    assert nm.table(4.2, 4.5) is a and a.tail < 1e-12
+    assert nm.table(3.0, 4.6) is not a
+    with pytest.raises(ValueError, match="positive variances"):
+        nm.table(0.0, 1.0)
+
+
+def test_blocks_and_the_diagonal_give_the_full_map():
+    # kernels.py maps row blocks with their own variances, and the diagonal elementwise.
+    act = activations.get("silu")
+    K = kernel_with_collinear_pairs(5)
+    F, Kd = act.maps(K)
+    diag = K.diagonal()
+    Fb, Kdb = act.maps(K[10:20], diag[10:20, None], diag[None, :])
+    torch.testing.assert_close(Fb, F[10:20], rtol=0, atol=1e-13)
+    torch.testing.assert_close(Kdb, Kd[10:20], rtol=0, atol=1e-13)
+    Fd, _ = act.maps(diag[:, None], diag[:, None], diag[:, None])
+    torch.testing.assert_close(Fd[:, 0], F.diagonal(), rtol=0, atol=1e-13)
+
+
+# -- the EoS with numerical maps -----------------------------------------------------------------
+
+def paper_data(N, d, seed=0):
+    return data.gaussian_data((N // 2, N // 2), d, (-2.0, 2.0), (0.5, 0.5), seed, 0)
+
+
+def dense_action(X, y, Sigma, chi, activation, sigw2, siga2, sig2):
+    """S(Sigma) in plain differentiable torch ops (dense solve, slogdet), independent of the solver."""
+    N, d = X.shape
+    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
+    prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
+    return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+@pytest.mark.parametrize("d,sig2", [(1, 1e-2), (3, 1e-6), (3, 1e-2)])
+def test_action_and_gradient_match_autograd_and_finite_differences(activation, d, sig2):
+    ds = paper_data(40, d, seed=2)
+    p = EoSParams(siga2=0.3, sig2=sig2)
+    g = torch.Generator().manual_seed(5)
+    R = torch.randn(d, d, generator=g, dtype=torch.float64)
+    S = (R @ R.T / d + 0.3 * torch.eye(d, dtype=torch.float64)) / d
+    chi = 50.0
+    value, grad = eos.action(ds.X, ds.y, S, chi, p, activation=activation)
+    Sv = S.clone().requires_grad_(True)
+    ref = dense_action(ds.X, ds.y, Sv, chi, activation, 1.0, 0.3, sig2)
+    ref.backward()
+    ref_grad = 0.5 * (Sv.grad + Sv.grad.T)
+    # As for erf/ReLU in test_eos.py, gradient to the round-off of O(N^2) sums with entries of A up
+    # to 1/sig2^2 (1e-8 of the largest entry). The value: the solver's Q and kernel_phi's differ by
+    # round-off (~1e-16 relative: the diagonal by a different product order), which y^T M^-1 y
+    # amplifies by kappa(M) ~ 1e6 at sig2 = 1e-6 (measured 1.1e-10 relative), hence 1e-9.
+    assert math.isclose(value, ref.item(), rel_tol=1e-9)
+    assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-8 * ref_grad.abs().max())
+    D = torch.randn(d, d, generator=g, dtype=torch.float64)
+    D = (D + D.T) * float(S.abs().max())
+    eps = 1e-5
+    plus, _ = eos.action(ds.X, ds.y, S + eps * D, chi, p, activation=activation)
+    minus, _ = eos.action(ds.X, ds.y, S - eps * D, chi, p, activation=activation)
+    slope = float((grad * D).sum())
+    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation,sig2", [("tanh", 1e-6), ("softplus", 1e-3)])
+@pytest.mark.parametrize("d", [1, 8, 32])
+def test_paper_solves_are_ok_and_certified(activation, sig2, d):
+    # softplus with the paper's sig2 = 1e-6 stops at d = 1 as noise_limited (rel_residual 3.3e-7, the
+    # float64 noise of the map above rtol): at its solution (Sigma ~ 5.5) the GP cannot fit y
+    # (nll ~ 7e6), A has entries ~ 1/sig2^2 and T cancels; with sig2 = 1e-3 every d is solved.
+    # Recorded in docs/ACTIVATIONS.md.
+    ds = paper_data(256, d)
+    result = eos.solve_eos(ds.X, ds.y, EoSParams(sig2=sig2), activation=activation)
+    assert result.status == "ok" and result.certified and result.rel_residual <= 1e-8
+    assert result.curvature > 0
+
+
+# -- adding an activation touches one call -------------------------------------------------------
+
+def x_erf(z):
+    return z * torch.erf(z)
+
+
+@pytest.mark.slow
+def test_a_new_activation_runs_a_sweep_and_an_ak_solve(write_config, out_root):
+    from shallow_collapse.cli import main
+    from shallow_collapse.sweeps import read_table
+
+    if "x_erf" not in activations.ACTIVATIONS:
+        activations.register("x_erf", x_erf)  # phi' by autograd
+    # NNGP sweep through the command line, in this process (workers: 1 sees the registration).
+    path = write_config(activation="x_erf", N_list=[16], in_features_list=[1, 4], repeat=1)
+    assert main("limiting_kernels_bulk_balanced", [str(path), "--out", str(out_root)]) == 0
+    (folder,) = list((out_root / "tiny").iterdir())
+    rows = read_table(folder / "results.csv")
+    assert {r["method"] for r in rows} == {"nngp", "ntk"} and all(r["status"] == "ok" for r in rows)
+    # x erf(x) is even: its kernel map against Monte Carlo at one pair.
+    K = torch.tensor([[1.2, 0.5], [0.5, 0.8]], dtype=torch.float64)
+    F, _ = activations.get("x_erf").maps(K)
+    u = torch.randn(400_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = u @ torch.linalg.cholesky(K).T
+    prod = x_erf(u[:, 0]) * x_erf(u[:, 1])
+    assert abs(float(prod.mean() - F[0, 1])) < 4 * float(prod.std()) / math.sqrt(len(prod))
+    ds = paper_data(32, 2)
+    result = eos.solve_eos(ds.X, ds.y, EoSParams(sig2=1e-3), activation="x_erf")
+    assert result.status == "ok" and result.certified
+
+
+def test_leaky_relu_slope_reaches_every_method(write_config):
+    from shallow_collapse.config import load_config
+    from shallow_collapse.params import NetworkParams
+
+    cfg = load_config(write_config(activation="leaky_relu", leaky_relu_slope=0.2), [])
+    act = NetworkParams.from_config(cfg).act
+    z = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(act.phi(z), torch.tensor([-0.2, 2.0], dtype=torch.float64))
+    # E[phi(u)^2] at unit variance: (1 + alpha^2) / 2.
+    F, Kd = act.maps(torch.ones(1, 1, dtype=torch.float64))
+    assert math.isclose(float(F), (1 + 0.04) / 2, rel_tol=1e-14) and math.isclose(float(Kd), (1 + 0.04) / 2, rel_tol=1e-14)

@@ -31,8 +31,10 @@ class Job:
     keys_by_optimizer: dict | None = None  # optimizer -> the keys used instead of ``keys`` (FCN sweeps)
 
     def keys_for(self, cfg: dict) -> tuple:
-        """The keys that enter the run hash of ``cfg``: ``keys``, or those of its optimizer."""
-        return (self.keys_by_optimizer or {}).get(cfg["optimizer"], self.keys)
+        """The keys that enter the run hash of ``cfg``: ``keys``, or those of its optimizer, less
+        ``leaky_relu_slope`` unless the activation is leaky_relu (no other activation reads it)."""
+        keys = (self.keys_by_optimizer or {}).get(cfg["optimizer"], self.keys)
+        return tuple(k for k in keys if k != "leaky_relu_slope" or cfg["activation"] == "leaky_relu")
 
 
 def keys_of(*scopes: str, drop=()) -> tuple:
@@ -87,7 +89,8 @@ def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple,
 
 # The keys of the posterior sampler (optimizer langevin): the EoS prior and noise, the width, the
 # activation and its own keys; none of SGD's, of the FCN's init or of the EoS solver's.
-LANGEVIN_USES = ("L", "activation", "hidden_features", "out_features", "sigw2", "siga2", "sig2")
+LANGEVIN_USES = ("L", "activation", "leaky_relu_slope", "hidden_features", "out_features", "sigw2", "siga2",
+                 "sig2")
 
 
 def fcn_sweep(cfg: dict, run, grid: str):

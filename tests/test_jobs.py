@@ -47,3 +47,12 @@ def test_limiting_kernel_and_fcn_hashes_cover_the_same_keys_as_before(write_conf
     assert list(JOBS["limiting_kernels_bulk_balanced"].keys) == by_scope("data", "grid", "grid_balanced", "network")
     assert list(JOBS["fcn_bulk_imbalanced"].keys) == by_scope("data", "grid", "grid_imbalanced", "network", "fcn")
     assert list(JOBS["fcn"].keys) == by_scope("data", "single", "network", "fcn", "probe")
+
+
+def test_leaky_relu_slope_enters_the_hash_only_of_leaky_relu_runs():
+    for name in ("fcn_bulk_balanced", "limiting_kernels_bulk_balanced", "adaptive_kernels"):
+        cfg = load_config(f"configs/{name}.yml")
+        assert "leaky_relu_slope" not in JOBS[name].keys_for(cfg)
+        assert "leaky_relu_slope" in JOBS[name].keys_for({**cfg, "activation": "leaky_relu"})
+    cfg = load_config("configs/fcn_bulk_balanced.yml", ["optimizer=langevin", "activation=leaky_relu"])
+    assert "leaky_relu_slope" in JOBS["fcn_bulk_balanced"].keys_for(cfg)

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import torch
 
-from .. import activations
 from ..data import draw_seed
 from ..devices import resolve_device
 from ..kernels import limiting_kernels, limiting_kernels_nc1
@@ -33,7 +32,8 @@ def chain_seeds(seed: int, class_sizes, d: int, repeat: int, chains: int) -> lis
 def prior_network(cfg: dict) -> NetworkParams:
     """The network of the EoS prior in the convention of MATH.md section 2: sw^2 = sigw2,
     so^2 = siga2, no bias (its NNGP is the AK's starting kernel)."""
-    return NetworkParams(L=2, activation=cfg["activation"], hidden_weight_std=math.sqrt(cfg["sigw2"]),
+    return NetworkParams(L=2, activation=cfg["activation"], leaky_relu_slope=cfg["leaky_relu_slope"],
+                         hidden_weight_std=math.sqrt(cfg["sigw2"]),
                          final_weight_std=math.sqrt(cfg["siga2"]), bias_std=0.0)
 
 
@@ -93,9 +93,9 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
         raise ValueError("every draw of a cell must have the same labels")
     X = torch.stack([ds.X for ds in datasets]).to(torch.float64)
     y = torch.stack([ds.y for ds in datasets]).to(torch.float64)
-    phi = activations.get(cfg["activation"]).phi
     seeds = [s for r in cell.repeats for s in chain_seeds(cfg["seed"], cell.class_sizes, cell.in_features, r, M)]
     net = prior_network(cfg)
+    phi = net.act.phi
     rows = []
     device = resolve_device(cfg["device"])
     try:

@@ -110,9 +110,9 @@ SCHEMA: dict[str, Key] = {
     "probing_frequency": Key(ProbeParams.probing_frequency, "int", "probe", "probe every this many epochs (and at init and the end)", bound=POSITIVE_INT),
     # adaptive kernel (MATH section 6)
     "h": Key(EoSParams.h, "int", "ak", "width h of the adaptive kernel (the last annealing factor)", bound=POSITIVE_INT),
-    "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d"),
-    "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance"),
-    "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance"),
+    "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d", bound=POSITIVE),
+    "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance", bound=POSITIVE),
+    "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance", bound=POSITIVE),
     "eos_update_strategy": Key(EoSParams.strategy, "|".join(EOS_STRATEGIES), "ak",
                                "EoS solver: minimize (least action, L-BFGS; default), anderson or "
                                "newton-krylov (fixed-point iteration over the annealing schedule)"),
@@ -125,7 +125,8 @@ SCHEMA: dict[str, Key] = {
     "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
     "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
                              "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
-    "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
+    "lightweight": Key(False, "bool", "ak", "single AK runs only (sweeps never read it): solve at chi = h directly, without the annealing "
+                      "schedule, its per-step metrics and the plots"),
     # execution and output (never hashed: they do not change the numbers)
     "plot_formats": Key(["png"], "list[" + "|".join(PLOT_FORMATS) + "]", "run",
                         "file formats of every figure: any of png, pdf, svg"),

@@ -11,7 +11,7 @@ import yaml
 from shallow_collapse import sweeps
 from shallow_collapse.cli import main as cli_main
 from shallow_collapse.jobs import JOBS
-from shallow_collapse.paper import PAPER_SWEEPS, main
+from shallow_collapse.paper import PAPER_SWEEPS, main, plan
 from shallow_collapse.progress import Study
 from test_report import parse_report
 
@@ -160,3 +160,22 @@ def test_unusable_out_is_refused_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("paper.py: error:") and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before and out.read_text() == "not a folder"
+
+
+PAPER_FCN = {"lr": 1e-3, "batch_size": None, "num_epochs": 1000, "hidden_features": 500, "activation": "erf", "L": 2}
+
+
+def test_paper_yml_trains_the_fcn_as_the_paper_and_the_tuned_config_its_own():
+    _, _, paper = plan(CONFIGS / "paper.yml")
+    _, _, tuned = plan(CONFIGS / "paper_tuned.yml")
+    for grid in PAPER_SWEEPS:
+        job = f"fcn_bulk_{grid}"
+        for sweeps_of, momentum, weight_decay in ((paper, 0.0, 1e-6), (tuned, 0.9, 0.0)):
+            cfg = sweeps_of[job]["cfg"]
+            assert (cfg["momentum"], cfg["weight_decay"]) == (momentum, weight_decay), job
+            assert {key: cfg[key] for key in PAPER_FCN} == PAPER_FCN, job
+        assert paper[job]["hash"] != tuned[job]["hash"]
+    # the optimiser keys enter only the FCN hashes: the kernel and AK sweeps are shared
+    for job in ALL_SWEEPS:
+        if not job.startswith("fcn"):
+            assert paper[job]["hash"] == tuned[job]["hash"], job

@@ -13,7 +13,7 @@ from shallow_collapse.cli import main as cli_main
 from shallow_collapse.jobs import JOBS
 from shallow_collapse.paper import PAPER_SWEEPS, main, plan
 from shallow_collapse.progress import Study
-from test_report import parse_report
+from conftest import parse_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

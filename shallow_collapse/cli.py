@@ -20,7 +20,7 @@ __all__ = ["main"]
 def _parser(job_name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{job_name}.py", description=JOBS[job_name].description,
-        epilog="Every config key, its default and meaning: README.md, section 'Config keys'.")
+        epilog="Every config key, its default and meaning: docs/CONFIG.md.")
     parser.add_argument("config", help="YAML config file, e.g. configs/%s.yml" % job_name)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override config keys; values are YAML, e.g. repeat=2 in_features_list=[1,8]")

@@ -209,7 +209,7 @@ def _is_na(value) -> bool:
 
 def _unknown_key(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, SCHEMA, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see README for the list of keys"
+    hint = f"; did you mean '{close[0]}'?" if close else "; see docs/CONFIG.md for the list of keys"
     return ConfigError(f"unknown config key {show(key)}{hint}")
 
 
@@ -349,7 +349,7 @@ def load_config(path, overrides=(), defaults: dict | None = None) -> dict:
 
 
 def markdown_table() -> str:
-    """The README's table of config keys (``python -m shallow_collapse.config [README.md]``)."""
+    """The table of config keys in docs/CONFIG.md (``python -m shallow_collapse.config [docs/CONFIG.md]``)."""
     lines = ["| key | default | type | meaning |", "|---|---|---|---|"]
     for key, spec in SCHEMA.items():
         default = "`null`" if spec.default is None else f"`{spec.default}`"
@@ -361,12 +361,14 @@ def markdown_table() -> str:
 def _update_readme(path: str) -> None:
     text = Path(path).read_text()
     start, end = "<!-- config-table -->\n", "<!-- /config-table -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{path}: no config-table markers; the table lives in docs/CONFIG.md")
     head, _, rest = text.partition(start)
     _, _, tail = rest.partition(end)
     Path(path).write_text(head + start + markdown_table() + "\n" + end + tail)
 
 
-if __name__ == "__main__":  # print the table, or rewrite it in place: python -m shallow_collapse.config README.md
+if __name__ == "__main__":  # print the table, or rewrite it in place: python -m shallow_collapse.config docs/CONFIG.md
     import sys
 
     _update_readme(sys.argv[1]) if len(sys.argv) > 1 else print(markdown_table())

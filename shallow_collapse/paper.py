@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="paper.py", description="The whole study: the six bulk sweeps (limiting kernels, FCN, adaptive kernel; "
         "balanced and imbalanced classes) and both comparisons, with one report.",
-        epilog="Every config key, its default and meaning: README.md, section 'Config keys'.")
+        epilog="Every config key, its default and meaning: docs/CONFIG.md.")
     parser.add_argument("config", help="YAML file of the shared keys, e.g. configs/paper.yml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override shared keys; values are YAML, e.g. repeat=2 in_features_list=[1,8]")

@@ -28,8 +28,9 @@ from .sweeps import read_table
 __all__ = ["write_report", "REPORT"]
 
 REPORT = "report.html"
-# Shown first, in this order; other figures follow by name.
-FIGURE_ORDER = ("compare_nc1", "compare_rel_nc1", "methods_side_by_side")
+# Shown first, in this order (comparisons, sweeps, single FCN runs, single AK runs); other figures follow by name.
+FIGURE_ORDER = ("compare_nc1", "compare_rel_nc1", "methods_side_by_side", "nc1", "loss", "nc1_per_step",
+                "action_per_step")
 DISPLAYED = ("png", "svg")  # formats a browser shows inline, preferred first
 MAX_BAD_ROWS = 200
 LINKS = ("report", "results")  # columns of the paper's tables that hold links

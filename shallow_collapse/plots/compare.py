@@ -36,7 +36,7 @@ def plot_comparison(summary: list[dict], plots_dir: Path, grid: str) -> list[Pat
     methods = sorted({r["method"] for r in summary}, key=_order)
     written = []
     for (mean_key, std_key, ylabel), name in zip(PANELS, ("compare_nc1.png", "compare_rel_nc1.png")):
-        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 4), sharey=True, squeeze=False,
+        fig, axes = plt.subplots(1, len(groups), figsize=(max(4 * len(groups), 7), 4), sharey=True, squeeze=False,
                                  constrained_layout=True)
         for ax, sizes in zip(axes[0], groups):
             rows = [r for r in summary if r["class_sizes"] == sizes]

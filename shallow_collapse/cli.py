@@ -7,6 +7,7 @@ import sys
 from .config import ConfigError, load_config
 from .devices import resolve_device
 from .executors import check_execution
+from .index import update_index
 from .jobs import JOBS
 from .memory import check_memory
 from .plots import figure_formats
@@ -19,7 +20,7 @@ __all__ = ["main"]
 def _parser(job_name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{job_name}.py", description=JOBS[job_name].description,
-        epilog="Every config key, its default and meaning: README.md, section 'Config keys'.")
+        epilog="Every config key, its default and meaning: docs/CONFIG.md.")
     parser.add_argument("config", help="YAML config file, e.g. configs/%s.yml" % job_name)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override config keys; values are YAML, e.g. repeat=2 in_features_list=[1,8]")
@@ -48,6 +49,7 @@ def main(job_name: str, argv=None) -> int:
     except KeyboardInterrupt:  # e.g. while waiting for a Dask scheduler: nothing written yet
         print(f"{parser.prog}: interrupted before any work", file=sys.stderr)
         return 130
+    update_index(args.out)
     try:
         with figure_formats(cfg["plot_formats"]):
             job.target(cfg, run)
@@ -57,5 +59,6 @@ def main(job_name: str, argv=None) -> int:
         return 130
     finally:
         run.close()
+        update_index(args.out)
     print(run.path)
     return 0

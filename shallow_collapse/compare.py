@@ -6,6 +6,14 @@ checks that, and refuses tables that do not match; :func:`paired_differences` th
 draw, the difference of log10 NC1 between two methods (e.g. AK - NNGP), and
 :func:`paired_summary` its mean and standard error per (pair, group, d).
 
+Sweeps may differ in keys that change the numbers (the network, EoS and training keys: every key
+of a sweep's run hash other than the data and grid keys). A method held by sweeps that disagree
+on a key both use becomes one labelled method per setting, ``nngp[activation=relu]``, each with
+all its rows; the pairs are formed between methods of agreeing settings (``ntk[...] - nngp[...]``
+of one activation) and between the settings of one method (``nngp[activation=relu] -
+nngp[activation=erf]``). Copies of a method with agreeing settings (the NNGP of the kernel and of
+the FCN sweep) are one method: the first copy is kept and their largest disagreement reported.
+
 Command line (``compare.py``): ``python compare.py RUN_DIR [RUN_DIR ...] [--out DIR]``.
 """
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import math
 import sys
 from datetime import datetime, timezone
@@ -21,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import PLOT_FORMATS
+from .config import PLOT_FORMATS, SCHEMA
+from .index import update_index
 from .plots import figure_formats
 from .plots.compare import plot_comparison
 from .report import write_report
@@ -31,6 +41,12 @@ from .sweeps import RESULT_COLUMNS, SUMMARY_COLUMNS, read_table, summarise, writ
 __all__ = ["CompareError", "load_sweep", "merge", "paired_differences", "paired_summary", "grid_kind", "main"]
 
 DATA_KEYS = ("seed", "training_data_cls", "num_classes", "class_means", "class_stds", "tau")
+# Keys of a run hash that are not a method's setting: the data (checked equal) and the grid
+# (checked through the rows), and the job itself.
+NOT_SETTING = ("job", *DATA_KEYS, "N_list", "class_sizes_list", "in_features_list", "repeat")
+# Config scopes a method's numbers do not depend on (the NNGP of an FCN sweep is the NNGP of the
+# kernel sweep whatever the learning rate); every other key of a sweep's setting counts for it.
+METHOD_IGNORES = {"nngp": ("fcn",), "ntk": ("fcn",), "fcn": ("ak",), "ak": ("fcn",)}
 PAIR_COLUMNS = ["pair", "N", "class_sizes", "in_features", "repeat", "diff_log10_nc1", "diff_log10_rel_nc1"]
 PAIR_SUMMARY_COLUMNS = ["pair", "N", "class_sizes", "in_features", "n", "mean_diff_log10_nc1",
                         "stderr_diff_log10_nc1", "mean_diff_log10_rel_nc1", "stderr_diff_log10_rel_nc1"]
@@ -61,6 +77,17 @@ def load_sweep(folder) -> tuple[dict, list[dict]]:
     return cfg, rows
 
 
+def sweep_setting(folder, cfg: dict) -> dict:
+    """The keys that set a sweep's numbers beyond its data and grid: its run hash's keys (from
+    ``meta.json``; every key of ``cfg`` where that file is missing) less :data:`NOT_SETTING`."""
+    meta = Path(folder) / "meta.json"
+    try:
+        keys = json.loads(meta.read_text())["hashed_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        keys = cfg
+    return {k: cfg[k] for k in keys if k in cfg and k not in NOT_SETTING}
+
+
 def _check_rows(rows: list[dict], path: Path) -> None:
     if not rows:
         raise CompareError(f"{path}: expected result rows, got none")
@@ -77,24 +104,78 @@ def _grid(rows) -> set:
     return {(r["class_sizes"], r["in_features"], r["repeat"]) for r in rows}
 
 
+def _agree(a: dict, b: dict) -> bool:
+    """Two settings agree on every key both use."""
+    return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def _label(method: str, setting: dict, keys) -> str:
+    return f"{method}[{','.join(f'{k}={_text(setting[k])}' for k in keys if k in setting)}]" if keys else method
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def method_setting(method: str, setting: dict) -> dict:
+    """The part of a sweep's setting that the numbers of ``method`` depend on."""
+    ignored = METHOD_IGNORES.get(method, ())
+    return {k: v for k, v in setting.items() if k not in SCHEMA or SCHEMA[k].scope not in ignored}
+
+
+def _variants(sources: list[dict]) -> list[dict]:
+    """The settings of one method over the sweeps holding it: a sweep joins the first variant it
+    agrees with, else starts a new one. Each variant: ``setting`` and the ``inputs`` (indices)."""
+    variants = []
+    for i, setting in enumerate(sources):
+        if setting is None:
+            continue
+        for v in variants:
+            if _agree(v["setting"], setting):
+                v["inputs"].append(i)
+                break
+        else:
+            variants.append({"setting": dict(setting), "inputs": [i]})
+    return variants
+
+
 def merge(folders) -> tuple[list[dict], dict]:
     """Rows of all ``folders``, one per (method, cell, repeat); refuses mismatched grids or seeds.
 
-    A method present in several tables (the NNGP is in the kernel, FCN and AK sweeps) is taken
-    from the first; the largest relative disagreement among the copies is returned in the report.
+    A method held by sweeps whose settings disagree (:func:`sweep_setting`) becomes one labelled
+    method per setting, ``method[key=value,...]`` naming the keys that differ, with all its rows.
+    Copies of a method with one setting are merged: the first is kept; the largest relative
+    disagreement among the copies is returned in the report. ``report["methods"]`` maps each
+    method's name to its ``base`` method, ``setting`` and ``inputs`` (folders).
     """
     if len(folders) < 1:
         raise CompareError("give at least one sweep folder")
-    (cfg0, rows0), *others = [load_sweep(f) for f in folders]
-    report = {"inputs": [str(f) for f in folders], "duplicate_max_rel_diff": {}}
-    merged = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows0}
+    loaded = [load_sweep(f) for f in folders]
+    (cfg0, rows0), *others = loaded
     for folder, (cfg, rows) in zip(folders[1:], others):
         for key in DATA_KEYS:
             if cfg.get(key) != cfg0.get(key):
                 raise CompareError(f"{folder}: {key} is {cfg.get(key)!r}, but {folders[0]} has {cfg0.get(key)!r}")
         if _grid(rows) != _grid(rows0):
             raise CompareError(f"{folder}: its grid (class sizes x d x repeats) differs from {folders[0]}'s")
+    settings = [sweep_setting(f, cfg) for f, (cfg, _) in zip(folders, loaded)]
+    bases = list(dict.fromkeys(r["method"] for _, rows in loaded for r in rows))
+    name_of, methods = {}, {}  # (base method, sweep index) -> method name; name -> its description
+    for base in bases:
+        held = [method_setting(base, settings[i]) if any(r["method"] == base for r in rows) else None
+                for i, (_, rows) in enumerate(loaded)]
+        variants = _variants(held)
+        differing = sorted({k for v in variants for w in variants for k in v["setting"].keys() & w["setting"].keys()
+                            if v["setting"][k] != w["setting"][k]}) if len(variants) > 1 else []
+        for v in variants:
+            name = _label(base, v["setting"], differing)
+            methods[name] = {"base": base, "setting": v["setting"], "inputs": [str(folders[i]) for i in v["inputs"]]}
+            name_of.update({(base, i): name for i in v["inputs"]})
+    report = {"inputs": [str(f) for f in folders], "methods": methods, "duplicate_max_rel_diff": {}}
+    merged = {}
+    for i, (_, rows) in enumerate(loaded):
         for r in rows:
+            r = {**r, "method": name_of[(r["method"], i)]}
             key = (r["method"], r["class_sizes"], r["in_features"], r["repeat"])
             if key in merged:
                 a, b = merged[key]["nc1"], r["nc1"]
@@ -108,6 +189,7 @@ def merge(folders) -> tuple[list[dict], dict]:
 
 
 def _pairs(methods) -> list[tuple[str, str]]:
+    """The pairs (a, b) of base methods whose difference a - b is reported."""
     pairs = [(m, "nngp") for m in methods if m != "nngp" and "nngp" in methods]
     if "ak" in methods and "fcn" in methods:
         pairs.append(("ak", "fcn"))
@@ -116,13 +198,29 @@ def _pairs(methods) -> list[tuple[str, str]]:
     return pairs
 
 
-def paired_differences(rows) -> list[dict]:
-    """Per draw: log10 NC1 (and relative NC1) of method a minus method b, for the pairs
-    (every method - nngp, ak - fcn, ak - langevin, map - langevin); only draws where both statuses are ok."""
+def labelled_pairs(methods: dict) -> list[tuple[str, str]]:
+    """The pairs of method names: :func:`_pairs` of their base methods between every two methods
+    whose settings agree, then each further setting of a method against its first setting.
+    ``methods`` maps a name to ``{"base": ..., "setting": {...}}`` (as ``merge`` reports)."""
+    bases = list(dict.fromkeys(m["base"] for m in methods.values()))
+    out = [(a, b) for base_a, base_b in _pairs(bases) for a, ma in methods.items() if ma["base"] == base_a
+           for b, mb in methods.items() if mb["base"] == base_b and _agree(ma["setting"], mb["setting"])]
+    for base in bases:
+        names = [name for name, m in methods.items() if m["base"] == base]
+        out += [(name, names[0]) for name in names[1:]]
+    return out
+
+
+def paired_differences(rows, methods: dict | None = None) -> list[dict]:
+    """Per draw: log10 NC1 (and relative NC1) of method a minus method b, for the pairs of
+    :func:`labelled_pairs` (every method - nngp, ak - fcn, ak - langevin, map - langevin, each setting - the first setting of its
+    method); only draws where both statuses are ok. Without ``methods`` (``merge``'s report),
+    every method of ``rows`` is its own base with one setting."""
     index = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows}
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if methods is None:
+        methods = {m: {"base": m, "setting": {}} for m in dict.fromkeys(r["method"] for r in rows)}
     out = []
-    for a, b in _pairs(methods):
+    for a, b in labelled_pairs(methods):
         for (m, sizes, d, rep), ra in index.items():
             rb = index.get((b, sizes, d, rep))
             if m != a or rb is None or ra["status"] != "ok" or rb["status"] != "ok":
@@ -162,16 +260,17 @@ def compare(folders, out_root="out", plot_formats=("png",)) -> Path:
     digest = hashlib.sha256("\n".join(sorted(str(Path(f).resolve()) for f in folders)).encode()).hexdigest()[:10]
     path = make_folder(out_root, "compare", digest)
     make_folder(path, "plots")
-    diffs = paired_differences(rows)
+    diffs = paired_differences(rows, report["methods"])
     summary = summarise(rows)
     write_table(path / "results.csv", rows)
     write_table(path / "summary.csv", summary, SUMMARY_COLUMNS)
     write_table(path / "paired_differences.csv", diffs, PAIR_COLUMNS)
     write_table(path / "paired_summary.csv", paired_summary(diffs), PAIR_SUMMARY_COLUMNS)
-    atomic_write_json(path / "compare.json", {**report, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_json(path / "compare.json", {**report, "pairs": labelled_pairs(report["methods"]), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     with figure_formats(plot_formats):
         plot_comparison(summary, path / "plots", grid_kind(rows))
     write_report(path)
+    update_index(out_root)
     return path
 
 

@@ -143,9 +143,9 @@ SCHEMA: dict[str, Key] = {
     "probing_frequency": Key(ProbeParams.probing_frequency, "int", "probe", "probe every this many epochs (and at init and the end)", bound=POSITIVE_INT),
     # adaptive kernel (MATH section 6)
     "h": Key(EoSParams.h, "int", "ak", "width h of the adaptive kernel (the last annealing factor)", bound=POSITIVE_INT),
-    "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d"),
-    "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance"),
-    "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance"),
+    "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d", bound=POSITIVE),
+    "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance", bound=POSITIVE),
+    "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance", bound=POSITIVE),
     "eos_update_strategy": Key(EoSParams.strategy, "|".join(EOS_STRATEGIES), "ak",
                                "EoS solver: minimize (least action, L-BFGS; default), anderson or "
                                "newton-krylov (fixed-point iteration over the annealing schedule)"),
@@ -158,7 +158,8 @@ SCHEMA: dict[str, Key] = {
     "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
     "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
                              "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
-    "lightweight": Key(False, "bool", "ak", "skip per-step metrics and plots of single AK runs"),
+    "lightweight": Key(False, "bool", "ak", "single AK runs only (sweeps never read it): solve at chi = h directly, without the annealing "
+                      "schedule, its per-step metrics and the plots"),
     # the matched study (shallow_collapse.matched_study): one FCN-langevin and one AK sweep per (h, sig2)
     "hidden_features_list": Key([64, 256, 1024], "list[int]", "study",
                                 "matched study: widths h (hidden_features = h of each pair of sweeps)",
@@ -246,7 +247,7 @@ def _is_na(value) -> bool:
 
 def _unknown_key(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, SCHEMA, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see README for the list of keys"
+    hint = f"; did you mean '{close[0]}'?" if close else "; see docs/CONFIG.md for the list of keys"
     return ConfigError(f"unknown config key {show(key)}{hint}")
 
 
@@ -389,7 +390,7 @@ def load_config(path, overrides=(), defaults: dict | None = None) -> dict:
 
 
 def markdown_table() -> str:
-    """The README's table of config keys (``python -m shallow_collapse.config [README.md]``)."""
+    """The table of config keys in docs/CONFIG.md (``python -m shallow_collapse.config [docs/CONFIG.md]``)."""
     lines = ["| key | default | type | meaning |", "|---|---|---|---|"]
     for key, spec in SCHEMA.items():
         default = "`null`" if spec.default is None else f"`{spec.default}`"
@@ -401,12 +402,14 @@ def markdown_table() -> str:
 def _update_readme(path: str) -> None:
     text = Path(path).read_text()
     start, end = "<!-- config-table -->\n", "<!-- /config-table -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{path}: no config-table markers; the table lives in docs/CONFIG.md")
     head, _, rest = text.partition(start)
     _, _, tail = rest.partition(end)
     Path(path).write_text(head + start + markdown_table() + "\n" + end + tail)
 
 
-if __name__ == "__main__":  # print the table, or rewrite it in place: python -m shallow_collapse.config README.md
+if __name__ == "__main__":  # print the table, or rewrite it in place: python -m shallow_collapse.config docs/CONFIG.md
     import sys
 
     _update_readme(sys.argv[1]) if len(sys.argv) > 1 else print(markdown_table())

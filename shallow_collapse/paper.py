@@ -34,13 +34,14 @@ from . import cli, matched_study
 from .compare import compare
 from .config import ConfigError, load_config, parse_override, read_yaml, resolve
 from .executors import check_execution
+from .index import update_index
 from .jobs import GRID_SCOPES, JOBS, SWEEPS
 from .progress import study_progress
 from .report import write_report
 from .runs import OutputError, atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
 from .sweeps import grid_cells, read_table
 
-__all__ = ["PAPER_SWEEPS", "plan", "run_paper", "main"]
+__all__ = ["PAPER_SWEEPS", "plan", "study_hash", "run_paper", "main"]
 
 # Per grid, its three sweeps (limiting kernels first: seconds; then FCN and AK).
 PAPER_SWEEPS = {grid: [f"{prefix}_bulk_{grid}" for prefix in SWEEPS] for grid in GRID_SCOPES}
@@ -75,6 +76,12 @@ def plan(config, overrides=(), configs_dir=None) -> tuple[dict, dict, dict]:
         check_execution(cfg)
         sweeps[job] = {"config": path, "cfg": cfg, "hash": run_hash(cfg, job, JOBS[job].keys_for(cfg))}
     return paper_cfg, shared, sweeps
+
+
+def study_hash(sweeps: dict) -> str:
+    """The paper folder's hash: it covers the run hashes of the six sweeps planned by :func:`plan`."""
+    return hashlib.sha256(json.dumps({job: e["hash"] for job, e in sweeps.items()}, sort_keys=True)
+                          .encode()).hexdigest()[:10]
 
 
 def _sweep_record(entry: dict) -> dict:
@@ -134,8 +141,7 @@ def run_paper(paper_cfg: dict, shared: dict, sweeps: dict, out_root="out", comma
     """Run the study planned by :func:`plan`; returns the paper folder and the exit status
     (0 all ok, 1 some sweep or comparison failed, 130 interrupted)."""
     out_root = Path(out_root)
-    digest = hashlib.sha256(json.dumps({job: e["hash"] for job, e in sweeps.items()}, sort_keys=True)
-                            .encode()).hexdigest()[:10]
+    digest = study_hash(sweeps)
     folder = make_folder(out_root, paper_cfg["name"], digest)
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(shared, sort_keys=False))
     paper = {"job": "paper", "hash": digest, "status": "running",
@@ -147,6 +153,7 @@ def run_paper(paper_cfg: dict, shared: dict, sweeps: dict, out_root="out", comma
     def save():
         atomic_write_json(folder / "paper.json", paper)
         write_report(folder)
+        update_index(out_root)
 
     save()
     planned = {job: len(grid_cells(sweeps[job]["cfg"], grid)) for grid, jobs in PAPER_SWEEPS.items() for job in jobs}
@@ -178,7 +185,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="paper.py", description="The whole study: the six bulk sweeps (limiting kernels, FCN, adaptive kernel; "
         "balanced and imbalanced classes) and both comparisons, with one report.",
-        epilog="Every config key, its default and meaning: README.md, section 'Config keys'.")
+        epilog="Every config key, its default and meaning: docs/CONFIG.md.")
     parser.add_argument("config", help="YAML file of the shared keys, e.g. configs/paper.yml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override shared keys; values are YAML, e.g. repeat=2 in_features_list=[1,8]")

@@ -28,8 +28,9 @@ from .sweeps import read_table
 __all__ = ["write_report", "REPORT"]
 
 REPORT = "report.html"
-# Shown first, in this order; other figures follow by name.
-FIGURE_ORDER = ("compare_nc1", "compare_rel_nc1", "methods_side_by_side")
+# Shown first, in this order (comparisons, sweeps, single FCN runs, single AK runs); other figures follow by name.
+FIGURE_ORDER = ("compare_nc1", "compare_rel_nc1", "methods_side_by_side", "nc1", "loss", "nc1_per_step",
+                "action_per_step")
 DISPLAYED = ("png", "svg")  # formats a browser shows inline, preferred first
 MAX_BAD_ROWS = 200
 LINKS = ("report", "results")  # columns of the paper's tables that hold links
@@ -46,6 +47,12 @@ figure { display: inline-block; margin: 0 1em 1.5em 0; max-width: 100%; vertical
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; max-width: 60em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+div.compact { display: flex; flex-wrap: wrap; gap: 0 1.5em; }
+table.compact caption { font-weight: bold; text-align: left; }
+table.compact td { text-align: right; white-space: nowrap; }
+details { margin: 0.3em 0 1em; }
+summary { cursor: pointer; color: #036; }
+p.head { color: #555; font-size: 0.9em; overflow-wrap: anywhere; }
 """
 
 
@@ -104,6 +111,45 @@ def _failed(row: dict) -> bool:
     return (isinstance(n_failed, (int, float)) and n_failed > 0) or _not_ok(row.get("status", "ok"))
 
 
+def _compact(summary: list[dict], by: str = "method", mean: str = "mean_log10_nc1", spread: str = "std_log10_nc1",
+             sign: str = "\u00b1") -> str:
+    """Per ``by`` (a method, or a pair of methods), a small table: rows N (or class sizes, when
+    several share one N), columns d, cells ``mean +- spread`` to 2 decimals; a cell with failed
+    repeats is marked (its count of failed repeats, in red)."""
+    if not summary:
+        return "<p>(no rows)</p>"
+    rows_of = "class_sizes" if len({r["N"] for r in summary}) == 1 and len({r["class_sizes"] for r in summary}) > 1 else "N"
+    blocks = []
+    for name in dict.fromkeys(r[by] for r in summary):
+        group = [r for r in summary if r[by] == name]
+        ds = sorted({r["in_features"] for r in group})
+        cells = {(r[rows_of], r["in_features"]): r for r in group}
+        head = "".join(f"<th>d={_e(d)}</th>" for d in ds)
+        body = []
+        for label in dict.fromkeys(r[rows_of] for r in group):
+            tds = []
+            for d in ds:
+                r = cells.get((label, d))
+                if r is None:
+                    tds.append("<td></td>")
+                    continue
+                text = f"{r[mean]:.2f} {sign} {r[spread]:.2f}" if isinstance(r[mean], float) else _e(r[mean])
+                failed = r.get("n_failed", 0)
+                if isinstance(failed, (int, float)) and failed > 0:
+                    tds.append(f'<td class="bad">{_e(text)} ({_e(failed)} of {_e(r["count"])} failed)</td>')
+                else:
+                    tds.append(f"<td>{_e(text)}</td>")
+            body.append(f"<tr><th>{_e(label)}</th>{''.join(tds)}</tr>")
+        blocks.append(f'<table class="compact"><caption>{_e(name)}</caption><tr><th>{_e(rows_of)}</th>{head}</tr>'
+                      + "".join(body) + "</table>")
+    return '<div class="compact">' + "\n".join(blocks) + "</div>"
+
+
+def _folded(title: str, content: str, note: str = "") -> str:
+    """A long table folded under a one-line summary."""
+    return f"<details><summary>{_e(title)}{_e(note)}</summary>{content}</details>"
+
+
 def _figures(folder: Path, plots: Path) -> str:
     """Every figure under ``plots`` (relative to ``folder``) with its caption and other formats."""
     if not plots.is_dir():
@@ -159,23 +205,23 @@ def _run_sections(folder: Path) -> tuple[dict, str]:
     meta = _read_json(folder / "meta.json")
     head = {"job": meta["job"], "hash": meta["hash"], "date": meta["started"],
             "command": " ".join(map(str, meta.get("command", [])))}
-    parts = []
+    parts = ["<h2>Figures</h2>" + _figures(folder, folder / "plots")]
     if (folder / "summary.csv").is_file():
         summary = read_table(folder / "summary.csv")
         failed = sum(int(r["n_failed"]) for r in summary)
-        note = f'<p class="bad"><span class="bad">{failed} failed repeats</span> (rows in red)</p>' if failed else \
+        note = f'<p class="bad"><span class="bad">{failed} failed repeats</span> (cells in red)</p>' if failed else \
             "<p>every repeat ok</p>"
-        parts.append(f"<h2>Summary</h2>{note}{_table(summary, _failed)}")
+        parts.append("<h2>Summary: log10 NC1, mean \u00b1 std over repeats</h2>" + note + _compact(summary))
+        parts.append(_folded("Every summary row", _table(summary, _failed), f" ({len(summary)} rows)"))
         if (folder / "results.csv").is_file():
             bad_rows = [r for r in read_table(folder / "results.csv") if _not_ok(r["status"])]
             if bad_rows:
                 shown = bad_rows[:MAX_BAD_ROWS]
                 more = f" (first {MAX_BAD_ROWS} shown)" if len(bad_rows) > MAX_BAD_ROWS else ""
-                parts.append(f'<h2>Rows not ok: <span class="bad">{len(bad_rows)}</span>{_e(more)}</h2>'
-                             + _table(shown, _failed))
+                parts.append(f'<h2>Rows not ok: <span class="bad">{len(bad_rows)}</span></h2>'
+                             + _folded("Rows not ok", _table(shown, _failed), more))
     elif (folder / "results.json").is_file():
         parts.append("<h2>Summary</h2>" + _single_run_summary(_read_json(folder / "results.json")))
-    parts.append("<h2>Figures</h2>" + _figures(folder, folder / "plots"))
     parts.append(_config_section(_config(folder), "Resolved config", set(meta.get("hashed_config", ()))))
     return head, "\n".join(parts)
 
@@ -185,7 +231,7 @@ def _config_section(cfg: dict, title: str, hashed=None) -> str:
     rows = [{"key": key, "value": _exact(value), **({"in run hash": "yes" if key in hashed else ""}
                                                      if hashed is not None else {})}
             for key, value in cfg.items()]
-    return f"<h2>{_e(title)}</h2><details open><summary>{len(cfg)} keys</summary>{_table(rows)}</details>"
+    return f"<h2>{_e(title)}</h2>" + _folded(f"{len(cfg)} keys", _table(rows))
 
 
 def _compare_sections(folder: Path) -> tuple[dict, str]:
@@ -193,10 +239,13 @@ def _compare_sections(folder: Path) -> tuple[dict, str]:
     head = {"job": "compare", "hash": folder.name, "date": record.get("created", "")}
     parts = ["<h2>Figures</h2>" + _figures(folder, folder / "plots")]
     summary = read_table(folder / "summary.csv")
-    parts.append("<h2>Summary</h2>" + _table(summary, _failed))
+    parts.append("<h2>Summary: log10 NC1, mean \u00b1 std over repeats</h2>" + _compact(summary))
+    parts.append(_folded("Every summary row", _table(summary, _failed), f" ({len(summary)} rows)"))
     if (folder / "paired_summary.csv").is_file():
-        parts.append("<h2>Paired differences (mean and standard error per group and d)</h2>"
-                     + _table(read_table(folder / "paired_summary.csv")))
+        paired = read_table(folder / "paired_summary.csv")
+        parts.append("<h2>Paired differences of log10 NC1, mean \u00b1 standard error over draws</h2>"
+                     + _compact(paired, by="pair", mean="mean_diff_log10_nc1", spread="stderr_diff_log10_nc1")
+                     + _folded("Every paired row", _table(paired), f" ({len(paired)} rows)"))
     parts.append("<h2>Inputs</h2><ul>" + "".join(f"<li><code>{_e(f)}</code></li>" for f in record["inputs"])
                  + "</ul>" + _key_values({"largest disagreement between copies of a method":
                                           record.get("duplicate_max_rel_diff", {})}))
@@ -249,7 +298,8 @@ def write_report(folder) -> Path:
     status = head.get("status")
     status_line = "" if status in (None, "ok") else f' <span class="bad">{_e(status)}</span>'
     header = (f"<h1>{_e(head['job'])} <small>{_e(head['hash'])}</small>{status_line}</h1>\n"
-              + _key_values({k: v for k, v in head.items() if k not in ("job", "status")}))
+              + '<p class="head">' + " &middot; ".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in head.items()
+                                                      if k not in ("job", "hash", "status") and v) + "</p>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{_e(head['job'])} {_e(head['hash'])}</title><style>{STYLE}</style></head><body>\n"
             f"{header}\n{body}\n<h2>Files</h2>{_files(folder)}\n</body></html>\n")

@@ -1,13 +1,24 @@
-"""Shared fixtures: tiny configs written to a temporary folder (override only what a test needs),
-and the check that a command was refused cleanly."""
+"""Shared fixtures and helpers of the test files (none imports another test file):
+
+- tiny configs written to a temporary folder (override only what a test needs), the output root,
+  and the check that a command was refused cleanly;
+- ``parse_page`` / ``parse_report``: an HTML page parsed, its links checked to stay inside a root;
+- ``only_folder``: the single run folder under a job's folder;
+- ``PHI``, ``paper_points``, ``assert_within_standard_errors``: what the kernel and activation
+  tests compare against (plain torch activations, paper-like data, Monte Carlo tolerances)."""
 from __future__ import annotations
 
+import math
 import os
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import torch
 import yaml
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 torch.set_num_threads(1)  # the suite runs beside other work on a 2-core machine
 
@@ -59,3 +70,75 @@ def refused(tmp_path, capsys):
         assert files_under(tmp_path) == before
         return lines[0]
     return check
+
+
+class Page(HTMLParser):
+    """Collects every src/href and the tags; fails on unbalanced tags of the elements we write."""
+
+    CHECKED = {"html", "body", "table", "tr", "td", "th", "figure", "figcaption", "a", "ul", "li", "h1", "h2",
+               "details", "summary"}
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.images, self.stack = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "href" in attrs:
+            self.links.append(attrs["href"])
+        if "src" in attrs:
+            self.links.append(attrs["src"])
+            self.images.append(attrs["src"])
+        if tag in self.CHECKED:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.CHECKED:
+            assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
+            self.stack.pop()
+
+
+def parse_page(path: Path, root: Path) -> Page:
+    """Parse the HTML page ``path``; every link must be relative and name an existing file inside
+    ``root``."""
+    root = Path(root).resolve()
+    page = Page()
+    page.feed(Path(path).read_text())
+    page.close()
+    assert not page.stack, f"unclosed tags {page.stack}"
+    assert page.links
+    for link in page.links:
+        assert "://" not in link and not link.startswith("/"), link
+        target = (Path(path).parent / unquote(link)).resolve()
+        assert target.is_file(), link
+        assert target.is_relative_to(root), link
+    return page
+
+
+def parse_report(folder: Path, root: Path | None = None) -> Page:
+    """Parse ``folder/report.html``; every link must name an existing file inside ``root``
+    (the folder itself unless given)."""
+    return parse_page(Path(folder) / "report.html", root or folder)
+
+
+def only_folder(root: Path) -> Path:
+    """The one folder under ``root`` (e.g. the run folder under ``out/<name>/``)."""
+    (folder,) = Path(root).iterdir()
+    return folder
+
+
+PHI = {"erf": (torch.erf, lambda u: 2 / math.sqrt(math.pi) * torch.exp(-u * u)),
+       "relu": (torch.relu, lambda u: (u > 0).to(u.dtype))}
+
+
+def paper_points(n=6, d=3, seed=0):
+    """``n`` points of the paper's two-class data in ``d`` dimensions (float64)."""
+    from shallow_collapse.data import gaussian_data
+
+    return gaussian_data([n // 2, n - n // 2], d, [-2, 2], [0.5, 0.5], seed=seed).X
+
+
+def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
+    """|MC - exact| <= k standard errors (entrywise). With k=5 and a few dozen entries the chance
+    of a false failure is ~1e-5; the seeds are fixed, so the outcome is deterministic anyway."""
+    assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se

@@ -5,21 +5,10 @@ import pytest
 import torch
 
 from shallow_collapse import activations
-from shallow_collapse.data import gaussian_data
 from shallow_collapse.kernels import input_kernel
 from shallow_collapse.params import NetworkParams
 
-PHI = {"erf": (torch.erf, lambda u: 2 / math.sqrt(math.pi) * torch.exp(-u * u)),
-       "relu": (torch.relu, lambda u: (u > 0).to(u.dtype))}
-
-
-def paper_points(n=6, d=3, seed=0):
-    return gaussian_data([n // 2, n - n // 2], d, [-2, 2], [0.5, 0.5], seed=seed).X
-
-
-def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
-    """|MC - exact| <= k standard errors (entrywise)."""
-    assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se
+from conftest import PHI, assert_within_standard_errors, paper_points
 
 
 @pytest.mark.parametrize("activation", ["erf", "relu"])

@@ -1,4 +1,7 @@
 """compare.py on tiny sweeps of all four methods."""
+import json
+from pathlib import Path
+
 import pytest
 
 from shallow_collapse.cli import main
@@ -45,6 +48,8 @@ def test_compare_writes_figures_and_paired_differences(sweeps, tmp_path, capsys)
     # the NNGP of the kernel sweep and of the FCN sweep are the same numbers on the same draws
     _, report = merge(sweeps[:2])
     assert report["duplicate_max_rel_diff"]["nngp"] < 1e-12
+    # ... so they are one method (the FCN keys do not change the NNGP), not two labelled ones
+    assert set(merge(sweeps)[1]["methods"]) == {"nngp", "ntk", "fcn", "ak"}
 
 
 def test_compare_refuses_mismatched_grids_or_seeds(write_config, tmp_path, capsys):
@@ -104,3 +109,34 @@ def test_compare_refuses_an_unusable_out(out, write_config, tmp_path, refused):
     (tmp_path / "a_file").write_text("x\n")
     out = out if out.startswith("/") else str(tmp_path / out)
     refused(lambda: compare_main([str(folder), "--out", out]), out, "expected a folder")
+
+
+def test_erf_and_relu_sweeps_are_labelled_methods_with_their_pairs(write_config, tmp_path, capsys):
+    folders = []
+    for activation in ("erf", "relu"):
+        out = tmp_path / activation
+        assert main("limiting_kernels_bulk_balanced", [str(write_config()), f"activation={activation}",
+                                                       "--out", str(out)]) == 0
+        (folder,) = (out / "tiny").iterdir()
+        folders.append(folder)
+    capsys.readouterr()
+    assert compare_main([*map(str, folders), "--out", str(tmp_path / "cmp")]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    rows = read_table(path / "results.csv")
+    labels = {f"{m}[activation={a}]" for m in ("nngp", "ntk") for a in ("erf", "relu")}
+    assert {r["method"] for r in rows} == labels
+    assert len(rows) == 4 * 2 * 2 * 2  # every row of both sweeps kept: methods x N x d x repeats
+    pairs = {d["pair"] for d in read_table(path / "paired_differences.csv")}
+    assert pairs == {"ntk[activation=erf]-nngp[activation=erf]", "ntk[activation=relu]-nngp[activation=relu]",
+                     "nngp[activation=relu]-nngp[activation=erf]", "ntk[activation=relu]-ntk[activation=erf]"}
+    # each labelled method holds its own sweep's numbers, and the figure draws one curve per method
+    for folder, activation in zip(folders, ("erf", "relu")):
+        own = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r["nc1"] for r in read_table(folder / "results.csv")}
+        for r in rows:
+            if r["method"].endswith(f"={activation}]"):
+                assert r["nc1"] == own[(r["method"].partition("[")[0], r["class_sizes"], r["in_features"], r["repeat"])]
+    record = json.loads((path / "compare.json").read_text())
+    assert record["methods"]["nngp[activation=relu]"]["inputs"] == [str(folders[1])]
+    assert len(record["pairs"]) == 4
+    assert {r["method"] for r in read_table(path / "summary.csv")} == labels
+

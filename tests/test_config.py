@@ -132,3 +132,20 @@ def test_the_schedule_is_made_to_end_at_h(write_config):
     cfg = load_config(write_config(h=1000, annealing_factors=[1e5, 1e4, 2000]), [])
     assert cfg["annealing_factors"] == [1e5, 1e4, 2000, 1000]
     assert load_config(write_config(), [])["annealing_factors"][-1] == 500
+
+
+@pytest.mark.parametrize("job", ["adaptive_kernels_bulk_balanced", "adaptive_kernels"])
+@pytest.mark.parametrize("key", ["sigw2", "siga2", "sig2"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_variances_must_be_positive(job, key, value, write_config, out_root, refused):
+    path = write_config(N=16, in_features=2)
+    line = refused(lambda: main(job, [str(path), f"{key}={value}", "--out", str(out_root)]),
+                   f"'{key}'", "a positive number")
+    assert line.startswith(f"{job}.py: error:")
+
+
+def test_adaptive_kernels_script_refuses_a_negative_sigw2(write_config, out_root):
+    proc = subprocess.run([sys.executable, str(ROOT / "adaptive_kernels.py"), str(write_config()), "sigw2=-1",
+                           "--out", str(out_root)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "'sigw2'" in proc.stderr, proc.stderr
+    assert not out_root.exists()

@@ -18,7 +18,7 @@ from shallow_collapse.experiments import limiting_kernels
 from shallow_collapse.sweeps import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+CLUSTER = (ROOT / "docs" / "CLUSTER.md").read_text()
 JOB = "limiting_kernels_bulk_balanced"
 
 
@@ -60,15 +60,15 @@ def free_port() -> int:
 
 
 def readme_dask_recipe() -> dict:
-    """The commands of the README's Dask recipe, continuation lines joined, by what they start."""
-    block = README.split("dask-jobqueue")[0].split("```bash")[-1].split("```")[0]
+    """The commands of the Dask recipe in docs/CLUSTER.md, continuation lines joined, by what they start."""
+    block = CLUSTER.split("dask-jobqueue")[0].split("```bash")[-1].split("```")[0]
     lines = [line.strip() for line in block.replace("\\\n", " ").splitlines()]
     commands = [line for line in lines if line and not line.startswith("#")]
     return {"install": commands[0], "scheduler": commands[1], "worker": commands[2], "submit": commands[3]}
 
 
 def on_localhost(command: str, ports: tuple, replace: dict = ()) -> list[str]:
-    """A README command run here: the example address becomes 127.0.0.1 and free ports, the
+    """A command of docs/CLUSTER.md run here: the example address becomes 127.0.0.1 and free ports, the
     environment is this one, and ``replace`` swaps further words."""
     text = command.replace("10.0.0.5", "127.0.0.1").replace("8786", str(ports[0])).replace("8787", str(ports[1]))
     text = text.replace(".venv/bin/", str(Path(sys.executable).parent) + "/")
@@ -107,7 +107,7 @@ def clean_env(**extra) -> dict:
 
 @pytest.mark.slow
 def test_the_readme_dask_recipe_works_as_written(write_config, tmp_path):
-    # issue 9, case 16: scheduler and workers started the README's way, outside the clone
+    # issue 9, case 16: scheduler and workers started the way docs/CLUSTER.md says, outside the clone
     recipe, ports = readme_dask_recipe(), (free_port(), free_port())
     assert recipe["install"].endswith("pip install --no-deps -e .")
     config = write_config()

@@ -9,18 +9,7 @@ from shallow_collapse.kernels import kernel_names, limiting_kernels, limiting_ke
 from shallow_collapse.metrics import nc1_kernel
 from shallow_collapse.params import NetworkParams
 
-PHI = {"erf": (torch.erf, lambda u: 2 / math.sqrt(math.pi) * torch.exp(-u * u)),
-       "relu": (torch.relu, lambda u: (u > 0).to(u.dtype))}
-
-
-def paper_points(n=6, d=3, seed=0):
-    return gaussian_data([n // 2, n - n // 2], d, [-2, 2], [0.5, 0.5], seed=seed).X
-
-
-def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
-    """|MC - exact| <= k standard errors (entrywise). With k=5 and a few dozen entries the chance
-    of a false failure is ~1e-5; the seeds are fixed, so the outcome is deterministic anyway."""
-    assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se
+from conftest import PHI, assert_within_standard_errors, paper_points
 
 
 def ntk_param_network(h, d, activation, sw, so, sb, gen):

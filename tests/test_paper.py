@@ -11,9 +11,9 @@ import yaml
 from shallow_collapse import sweeps
 from shallow_collapse.cli import main as cli_main
 from shallow_collapse.jobs import JOBS
-from shallow_collapse.paper import PAPER_SWEEPS, main
+from shallow_collapse.paper import PAPER_SWEEPS, main, plan
 from shallow_collapse.progress import Study
-from test_report import parse_report
+from conftest import parse_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -170,3 +170,22 @@ def test_bad_matched_study_config_stops_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "langevin_stepp" in err and "langevin_step" in err
     assert not (tmp_path / "out").exists()
+
+
+PAPER_FCN = {"lr": 1e-3, "batch_size": None, "num_epochs": 1000, "hidden_features": 500, "activation": "erf", "L": 2}
+
+
+def test_paper_yml_trains_the_fcn_as_the_paper_and_the_tuned_config_its_own():
+    _, _, paper = plan(CONFIGS / "paper.yml")
+    _, _, tuned = plan(CONFIGS / "paper_tuned.yml")
+    for grid in PAPER_SWEEPS:
+        job = f"fcn_bulk_{grid}"
+        for sweeps_of, momentum, weight_decay in ((paper, 0.0, 1e-6), (tuned, 0.9, 0.0)):
+            cfg = sweeps_of[job]["cfg"]
+            assert (cfg["momentum"], cfg["weight_decay"]) == (momentum, weight_decay), job
+            assert {key: cfg[key] for key in PAPER_FCN} == PAPER_FCN, job
+        assert paper[job]["hash"] != tuned[job]["hash"]
+    # the optimiser keys enter only the FCN hashes: the kernel and AK sweeps are shared
+    for job in ALL_SWEEPS:
+        if not job.startswith("fcn"):
+            assert paper[job]["hash"] == tuned[job]["hash"], job

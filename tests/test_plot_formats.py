@@ -1,6 +1,6 @@
 """plot_formats: every figure of a sweep in each format asked for, and the report shows them."""
 from shallow_collapse.cli import main
-from test_report import parse_report
+from conftest import parse_report
 
 
 def test_pdf_and_svg_for_a_sweep(write_config, out_root):

@@ -1,9 +1,10 @@
 """report.html of every job kind: it parses, its links resolve inside the folder, values are escaped."""
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
+
+from conftest import only_folder, parse_report
 
 import pytest
 
@@ -14,53 +15,6 @@ from shallow_collapse.plots.captions import caption
 SCRIPT = '<script>alert("x")</script>'  # a free-text key: unused with executor local
 AK_KEYS = {"h": 500, "sigw2": 1.0, "siga2": 0.0078125, "sig2": 1e-6, "rtol": 1e-8,
            "annealing_factors": [1e4, 1e3, 500.0]}
-
-
-class Page(HTMLParser):
-    """Collects every src/href and the tags; fails on unbalanced tags of the elements we write."""
-
-    CHECKED = {"html", "body", "table", "tr", "td", "th", "figure", "figcaption", "a", "ul", "li", "h1", "h2"}
-
-    def __init__(self):
-        super().__init__()
-        self.links, self.images, self.stack = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if "href" in attrs:
-            self.links.append(attrs["href"])
-        if "src" in attrs:
-            self.links.append(attrs["src"])
-            self.images.append(attrs["src"])
-        if tag in self.CHECKED:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag in self.CHECKED:
-            assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
-            self.stack.pop()
-
-
-def parse_report(folder: Path, root: Path | None = None) -> Page:
-    """Parse ``folder/report.html``; every link must name an existing file inside ``root``
-    (the folder itself unless given)."""
-    root = (root or folder).resolve()
-    page = Page()
-    page.feed((folder / "report.html").read_text())
-    page.close()
-    assert not page.stack, f"unclosed tags {page.stack}"
-    assert page.links
-    for link in page.links:
-        assert "://" not in link and not link.startswith("/"), link
-        target = (folder / unquote(link)).resolve()
-        assert target.is_file(), link
-        assert target.is_relative_to(root), link
-    return page
-
-
-def only_folder(root: Path) -> Path:
-    (folder,) = root.iterdir()
-    return folder
 
 
 def check_run_report(folder: Path) -> str:

@@ -122,3 +122,34 @@ def test_writes_replace_a_link_planted_later_instead_of_following_it(tmp_path):
         write(link)
         assert not link.is_symlink() and link.stat().st_size > 0
     assert victim.read_text() == "victim\n"
+
+
+GOLDEN = Path(__file__).with_name("golden_hashes.json")
+
+
+def shipped_hashes() -> dict:
+    """Run hash of every shipped job config, and of each paper config its study hash and the hashes of
+    the six sweeps it plans."""
+    from shallow_collapse.paper import plan, study_hash
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yml"))
+    hashes = {}
+    for path in configs:
+        if path.stem in JOBS:
+            hashes[path.name] = run_hash(load_config(path, defaults={"name": path.stem}), path.stem, JOBS[path.stem].keys)
+        else:
+            _, _, sweeps = plan(path)
+            hashes[path.name] = {"study": study_hash(sweeps), **{job: e["hash"] for job, e in sweeps.items()}}
+    return hashes
+
+
+def test_shipped_configs_keep_their_run_hashes():
+    """A changed hash orphans every stored result of that config: it must be a deliberate change.
+    After one (a new key that enters a job's hash, a changed shipped config), regenerate with
+    ``PYTHONPATH=. python tests/test_runs.py`` and commit tests/golden_hashes.json with the change."""
+    assert shipped_hashes() == json.loads(GOLDEN.read_text())
+
+
+if __name__ == "__main__":  # PYTHONPATH=. python tests/test_runs.py: rewrite tests/golden_hashes.json
+    GOLDEN.write_text(json.dumps(shipped_hashes(), indent=1) + "\n")
+    print(f"wrote {GOLDEN}")

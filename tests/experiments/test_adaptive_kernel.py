@@ -14,13 +14,10 @@ from shallow_collapse.params import NetworkParams
 from shallow_collapse.plots.adaptive_kernel import SINGLE_RUN_PLOTS
 from shallow_collapse.sweeps import Cell, cell_datasets, read_table
 
+from conftest import only_folder
+
 AK_KEYS = {"h": 500, "sigw2": 1.0, "siga2": 0.0078125, "sig2": 1e-6, "rtol": 1e-8,
            "annealing_factors": [1e5, 1e4, 2e3, 1e3, 500.0], "eos_update_strategy": "minimize"}
-
-
-def only_folder(root):
-    (folder,) = [p for p in root.iterdir()]
-    return folder
 
 
 def test_evaluate_cell_rows(write_config):

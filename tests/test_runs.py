@@ -92,7 +92,7 @@ def test_a_symlink_planted_in_the_output_tree_is_refused(name, write_config, tmp
     # issue 9, case 14: the run folder, its parent (".." = OUT/<name>), plots/, cells/ and any file
     job, name = ("fcn", name.split(":")[1]) if name.startswith("fcn:") else (JOB, name)
     cfg = load_config(write_config(), defaults={"name": job})
-    run = open_run(cfg, job, JOBS[job].keys, out_root)
+    run = open_run(cfg, job, JOBS[job].keys_for(cfg), out_root)
     run.close()
     (run.path / "cells").mkdir()
     outside = tmp_path / "outside"
@@ -130,13 +130,23 @@ GOLDEN = Path(__file__).with_name("golden_hashes.json")
 def shipped_hashes() -> dict:
     """Run hash of every shipped job config, and of each paper config its study hash and the hashes of
     the six sweeps it plans."""
+    from shallow_collapse import matched_study
     from shallow_collapse.paper import plan, study_hash
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yml"))
     hashes = {}
     for path in configs:
         if path.stem in JOBS:
-            hashes[path.name] = run_hash(load_config(path, defaults={"name": path.stem}), path.stem, JOBS[path.stem].keys)
+            cfg = load_config(path, defaults={"name": path.stem})
+            hashes[path.name] = run_hash(cfg, path.stem, JOBS[path.stem].keys_for(cfg))
+        elif path.stem == "matched_study":  # one FCN-langevin and one AK sweep per (h, sig2)
+            hashes[path.name] = {}
+            for point in matched_study.plan(load_config(path)):
+                for job in matched_study.SWEEPS:
+                    cfg = load_config(path, [f"{k}={json.dumps(v)}" for k, v in point[job].items()],
+                                      defaults={"name": job})
+                    hashes[path.name][f"{job} h={point['h']} sig2={point['sig2']}"] = run_hash(
+                        cfg, job, JOBS[job].keys_for(cfg))
         else:
             _, _, sweeps = plan(path)
             hashes[path.name] = {"study": study_hash(sweeps), **{job: e["hash"] for job, e in sweeps.items()}}

@@ -59,6 +59,7 @@ FRACTION = Bound(lambda v: 0 < v < 1, "a number between 0 and 1", "numbers betwe
 AT_LEAST_2 = Bound(lambda v: v >= 2, "an integer >= 2 (at least one hidden layer)", "integers >= 2")
 STABLE_STEP = Bound(lambda v: 0 < v < 2, "a number between 0 and 2 (the scheme is unstable from 2 on)", "numbers between 0 and 2")
 TWO_OR_MORE = Bound(lambda v: v >= 2, "an integer >= 2", "integers >= 2")
+THREE_OR_MORE = Bound(lambda v: v >= 3, "an integer >= 3", "integers >= 3")
 FOUR_OR_MORE = Bound(lambda v: v >= 4, "an integer >= 4 (split R-hat halves each chain)", "integers >= 4")
 ABOVE_1 = Bound(lambda v: v > 1, "a number above 1", "numbers above 1")
 
@@ -119,8 +120,8 @@ SCHEMA: dict[str, Key] = {
     "langevin_step": Key(LangevinParams.step, "float", "langevin",
                          "largest Langevin step, in units of each layer's inverse curvature", bound=STABLE_STEP),
     "langevin_levels": Key(LangevinParams.levels, "int", "langevin",
-                           "step sizes step, step/2, ... extrapolated to step 0 (3 or more: with the step-size check)",
-                           bound=TWO_OR_MORE),
+                           "step sizes step, step/2, ... extrapolated to step 0 and checked for linearity in the step",
+                           bound=THREE_OR_MORE),
     "langevin_burn_in": Key(LangevinParams.burn_in, "int", "langevin",
                             "Langevin steps discarded before sampling at the largest step (doubled per level)",
                             bound=NON_NEGATIVE_INT),

@@ -8,7 +8,8 @@ For every width h of ``hidden_features_list`` and noise sig2 of ``sig2_list`` it
 ``ntk``) and the balanced AK sweep with the same keys (rows ``ak``, ``nngp``), both from the one
 config; the AK's annealing factors are those of the config above h. Then it pairs the rows draw
 by draw (:func:`study_table`) and writes ``OUT/matched_study/<hash>/``: ``table.csv``,
-``study.json`` (the folders used) and the figure ``matched_nc1`` (:mod:`shallow_collapse.plots.matched`).
+``study.json`` (the run hashes and folders used, the software versions), ``config.yaml`` (the
+resolved config) and the figure ``matched_nc1`` (:mod:`shallow_collapse.plots.matched`).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ import math
 import sys
 from pathlib import Path
 
+import yaml
+
 from . import cli
 from .config import ConfigError, load_config
 from .jobs import JOBS
 from .plots import figure_formats
-from .runs import atomic_write_json, make_folder, run_hash
+from .runs import atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
 from .sweeps import read_table, write_table
 
 __all__ = ["plan", "study_table", "run_study", "main", "TABLE_COLUMNS"]
@@ -98,14 +101,18 @@ def run_study(config, overrides=(), out_root="out") -> Path:
             if code != 0:
                 raise RuntimeError(f"{job} with {point[job]} ended with exit status {code}")
             job_cfg = load_config(config, argv[1:-2], defaults={"name": job})
-            folder = out_root / job / run_hash(job_cfg, job, JOBS[job].keys_for(job_cfg))
-            point["folders"][job] = str(folder)
-            point["rows"][job] = read_table(folder / "results.csv")
-    digest = hashlib.sha256(json.dumps([p["folders"] for p in points], sort_keys=True).encode()).hexdigest()[:10]
+            digest = run_hash(job_cfg, job, JOBS[job].keys_for(job_cfg))
+            point.setdefault("hashes", {})[job] = digest
+            point["folders"][job] = str(out_root / job / digest)
+            point["rows"][job] = read_table(out_root / job / digest / "results.csv")
+    # the study is named by the run hashes of its sweeps (not by their paths: --out does not change it)
+    digest = hashlib.sha256(json.dumps([p["hashes"] for p in points], sort_keys=True).encode()).hexdigest()[:10]
     folder = make_folder(out_root, cfg["name"], digest)
     table = study_table(points)
     write_table(folder / "table.csv", table, TABLE_COLUMNS)
-    atomic_write_json(folder / "study.json", {"points": [{k: v for k, v in p.items() if k != "rows"} for p in points]})
+    atomic_write_text(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_json(folder / "study.json", {"points": [{k: v for k, v in p.items() if k != "rows"} for p in points],
+                                              "versions": software_versions(), "overrides": list(overrides)})
     with figure_formats(cfg["plot_formats"]):
         plot_matched(table, folder / "plots")
     return folder

@@ -225,8 +225,8 @@ def effective_size(x: np.ndarray) -> float:
         return math.nan
     y = x - x.mean(axis=0)
     var = (y**2).mean(axis=0)
-    if not np.all(var > 0):
-        return float(S * M)
+    if not np.all(var > 0):  # a stuck chain: no evidence of mixing (NaN fails every ESS gate)
+        return float(S * M) if not np.any(var > 0) else math.nan
     n = 1 << (2 * S - 1).bit_length()
     spec = np.fft.rfft(y, n=n, axis=0)
     acov = np.fft.irfft(spec * np.conj(spec), n=n, axis=0)[:S] / S
@@ -338,16 +338,21 @@ class PosteriorResult:
     seconds: float = 0.0
 
 
-def _status(levels: list[dict], z: float, diverged: bool, rhat_max: float, ess_min: float, z_max: float):
+def _status(levels: list[dict], z: float, diverged: bool, rhat_max: float, ess_min: float, z_max: float,
+            value: float = 0.0):
     if diverged:
         return "diverged", "a chain diverged (non-finite or exploding weights); lower langevin_step"
+    if not math.isfinite(value):
+        return "nan", "the step-0 estimate of log10 NC1 is not finite"
     rhat = max(lv["rhat"] for lv in levels)
     ess = min(lv["ess"] for lv in levels)
     if not (rhat <= rhat_max):
         return "not_converged", f"split R-hat {rhat:.3g} > {rhat_max:g}: more burn-in or samples"
     if not (ess >= ess_min):
         return "not_converged", f"effective sample size {ess:.3g} < {ess_min:g}: more samples or thinning"
-    if len(levels) >= 3 and not (z <= z_max):
+    if len(levels) < 3:
+        return "not_converged", f"no step-size check with {len(levels)} step sizes (3 or more are needed)"
+    if not (z <= z_max):
         return "not_converged", (f"step-size check failed: the estimates are not linear in the step "
                                  f"(misfit {z:.3g} standard errors > {z_max:g}); lower langevin_step")
     return "ok", ""
@@ -396,7 +401,8 @@ def sample_posterior(target: PosteriorTarget, labels: torch.Tensor, h: int, para
             estimates[name] = (v0, se0)
         z = misfits["log10_nc1"]
         diverged = bool(pilot.diverged[chains].any() or any(r.diverged[chains].any() for r in runs))
-        status, message = _status(levels, z, diverged, params.rhat_max, params.ess_min, Z_MAX)
+        status, message = _status(levels, z, diverged, params.rhat_max, params.ess_min, Z_MAX,
+                                  estimates["log10_nc1"][0])
         last = runs[-1]
         results.append(PosteriorResult(
             estimates=estimates, levels=levels, steps=steps, z=z, rhat=max(lv["rhat"] for lv in levels),

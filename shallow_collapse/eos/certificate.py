@@ -103,7 +103,10 @@ def nc1_error_bound(result, X, labels, params: EoSParams = PAPER_EOS, *,
         for sign in (1.0, -1.0):
             moved = Sigma + (sign * r * scale / size) * D
             try:
-                change = max(change, abs(float(metrics.nc1_kernel(ev.kernel(moved), labels)) - nc1))
+                moved_change = abs(float(metrics.nc1_kernel(ev.kernel(moved), labels)) - nc1)
             except EvaluationError:
                 return math.inf
+            if not math.isfinite(moved_change):  # max() would drop a NaN: no bound then
+                return math.inf
+            change = max(change, moved_change)
     return change

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shallow_collapse.cli import main
 from shallow_collapse.compare import paired_differences
@@ -84,7 +85,9 @@ def test_matched_study_pairs_the_sampler_with_the_ak_draw_by_draw(write_config, 
         assert math.isclose(r["ak_minus_langevin"], r["ak"] - r["langevin"], abs_tol=1e-12)
         assert r["se_langevin"] > 0 and r["nngp"] < 0
     assert (folder / "plots" / "matched_nc1.png").is_file()
-    first = json.loads((folder / "study.json").read_text())["points"][0]["folders"]
+    study = json.loads((folder / "study.json").read_text())
+    assert "torch" in study["versions"] and yaml.safe_load((folder / "config.yaml").read_text())["hidden_features_list"] == [4, 8]
+    first = study["points"][0]["folders"]
     rows = [r for job in ("fcn_bulk_balanced", "adaptive_kernels_bulk_balanced")
             for r in read_table(Path(first[job]) / "results.csv")]
     pairs = {d["pair"]: d for d in paired_differences(rows)}

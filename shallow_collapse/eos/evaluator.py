@@ -98,6 +98,9 @@ class EoSEvaluator:
         # (Sigma, T) of the latest evaluations, d x d each: the certificate reads curvature along
         # the directions the solver explored last from them (T does not depend on chi).
         self.recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=tol.RECENT_EVALUATIONS)
+        # Two (N, N) scratch matrices reused by every evaluation (K and its ctx; M, its factor, A
+        # and G): a fresh 32 MB tensor costs as much in page faults as a pass over it (N = 2048).
+        self._K = self._M = None
 
     # -- the O(N^3) part -------------------------------------------------------------------
     def state(self, Sigma: torch.Tensor) -> EoSState:
@@ -112,14 +115,17 @@ class EoSEvaluator:
         X = self.X
         # K is symmetric up to round-off; nothing below needs it exactly symmetric (the Cholesky
         # reads one triangle and T is symmetrised), so it is not symmetrised (two passes saved).
-        K = (X @ Sigma) @ X.T
+        if self._K is None:
+            self._K, self._M = (torch.empty(self.N, self.N, dtype=torch.float64, device=self.device)
+                                for _ in range(2))
+        K = torch.matmul(X @ Sigma, X.T, out=self._K)
         diag = torch.diagonal(K).clone()
         if not bool(torch.all(diag > 0)):
             raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
         Q, ctx = self.act.eos_q(K, diag, self.siga2)  # K is overwritten
         if self._rank_two:
             return self._collinear_relu_state(Sigma, Q)
-        M = Q.clone()
+        M = self._M.copy_(Q)
         M.diagonal().add_(self.sig2)
         if self.device.type == "cpu":
             A, alpha, log_det_half = _inverse_lapack(M, Q, self.sig2, self.y)
@@ -229,7 +235,7 @@ def _inverse_lapack(M: torch.Tensor, Q: torch.Tensor, sig2: float, y: torch.Tens
     inv, info = lapack.dpotri(c, lower=1, overwrite_c=1)
     if info != 0:
         raise EvaluationError(f"M = Q + sig2 I is singular (dpotri info {int(info)})")
-    A = torch.from_numpy(inv.T)  # C order; M^{-1} in its upper triangle
+    A = torch.from_numpy(inv.T)  # C order; M^{-1} in its upper triangle, all the G loops read
     alpha = torch.from_numpy(alpha)
     loops.upper_minus_rank1(A.numpy(), alpha.numpy())
     return A, alpha, log_det_half

@@ -85,7 +85,7 @@ def _erf_eos_q(K, diag, siga2):
     if K.device.type == "cpu":  # compiled pass over the entry pairs, vectorised asin (eos/loops.py)
         from .eos import loops
         loops.erf_argument(K.numpy(), r.numpy())  # K <- C, symmetric
-        return torch.asin(K).mul_(siga2 * 2.0 / math.pi), (K, r, D)
+        return torch.asin(K, out=loops.fresh_like(K)).mul_(siga2 * 2.0 / math.pi), (K, r, D)
     rr = torch.outer(r, r).mul_(2.0)  # 2 r r^T
     C = K.mul_(rr).clamp_(-1.0, 1.0)  # C = 2 K o r r^T, in K's memory
     return torch.asin(C).mul_(siga2 * 2.0 / math.pi), (C, rr, D)
@@ -154,9 +154,8 @@ def _relu_kernel_phi(K):
 def _relu_eos_q(K, diag, siga2):
     if K.device.type == "cpu":  # compiled passes over the entry pairs, vectorised atan2 (eos/loops.py)
         from .eos import loops
-        loops.relu_argument(K.numpy(), diag.numpy(), _SNAP)  # K <- cos, symmetric
-        Q = torch.empty_like(K)
-        loops.sine(K.numpy(), Q.numpy())
+        Q = loops.fresh_like(K)
+        loops.relu_argument(K.numpy(), diag.numpy(), _SNAP, Q.numpy())  # K <- cos, Q <- sin
         Q.atan2_(K)  # theta = atan2(sin, cos)
         loops.relu_q(K.numpy(), Q.numpy(), diag.numpy(), siga2)
         return Q, (K, diag)

@@ -190,3 +190,23 @@ def test_collinear_relu_state_equals_the_dense_reference():
     assert _rel(state.Q, Q) < 1e-13 and _rel(state.alpha, alpha) < 1e-10
     assert _rel(state.fbar, ds.y - 1e-2 * alpha) < 1e-10
     assert float((state.T - T).abs().max()) < 1e-12 * T_scale and math.isclose(state.nll, nll, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_reused_scratch_matrices_leave_earlier_states_intact(activation):
+    """Every evaluation reuses the evaluator's two N x N scratch matrices (K, and M with its factor,
+    inverse, A and G): a later evaluation must not change an earlier state, and evaluating the same
+    Sigma again gives the same bits."""
+    ds = paper_data(64, 3, seed=6)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-3), activation=activation)
+    S1, S2 = random_sigma(3, seed=1), random_sigma(3, seed=2)
+    first = ev.state(S1)
+    kept = [t.clone() for t in (first.Q, first.T, first.alpha, first.fbar)]
+    second = ev.state(S2)
+    again = ev.state(S1)
+    assert not torch.equal(second.Q, first.Q)
+    for t, k in zip((first.Q, first.T, first.alpha, first.fbar), kept):
+        assert torch.equal(t, k)
+    for t, k in zip((again.Q, again.T, again.alpha, again.fbar), kept):
+        assert torch.equal(t, k)
+    assert again.nll == first.nll

@@ -237,7 +237,7 @@ def _inverse_lapack(M: torch.Tensor, Q: torch.Tensor, sig2: float, y: torch.Tens
     # alpha to the last bit on the paper's data (erf and ReLU, sig2 = 1e-6, N = 512 and 1024).
     residual = y.numpy() - Q.numpy() @ alpha - sig2 * alpha
     alpha += blas.dsymv(1.0, inv, residual, lower=1)
-    A = torch.from_numpy(inv.T)  # C order; M^{-1} in its upper triangle, all the G loops read
+    A = torch.from_numpy(inv.T)  # C order; M^{-1} in its upper triangle
     alpha = torch.from_numpy(alpha)
     loops.upper_minus_rank1(A.numpy(), alpha.numpy())
     return A, alpha, log_det_half

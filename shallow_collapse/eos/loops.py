@@ -11,7 +11,7 @@ Layout conventions (C order, ``(N, N)`` float64 numpy arrays sharing memory with
 - :func:`relu_q` turns ``(cos, theta)`` into ``Q`` and leaves what the G loop needs in ``cos``'s
   memory: ``pi - theta`` in the upper triangle, ``n sin theta`` in the strict lower one;
 - :func:`upper_minus_rank1` turns the upper triangle of ``M^{-1}`` (as LAPACK's dpotri leaves it)
-  into that of ``A = M^{-1} - alpha alpha^T``;
+  into the full symmetric ``A = M^{-1} - alpha alpha^T``;
 - the G loops read the upper triangle of ``A`` and overwrite ``A`` in full with G.
 
 The float64 operations are those of the torch forms in :mod:`shallow_collapse.activations` (kept
@@ -173,10 +173,14 @@ def relu_g(A, KC, diag, s):
 
 @_jit
 def upper_minus_rank1(A, alpha):
-    """``A <- M^{-1} - alpha alpha^T`` in its upper triangle, from ``M^{-1}`` there (the G loops
-    read no more)."""
+    """``A <- M^{-1} - alpha alpha^T`` in full (every activation's ``eos_g`` may read all of A),
+    from ``M^{-1}`` in A's upper triangle."""
     N = A.shape[0]
-    for i in range(N):
-        ai = alpha[i]
-        for j in range(i, N):
-            A[i, j] -= ai * alpha[j]
+    for ib in range(0, N, TILE):
+        for jb in range(ib, N, TILE):
+            for i in range(ib, min(ib + TILE, N)):
+                ai = alpha[i]
+                for j in range(max(i, jb), min(jb + TILE, N)):
+                    v = A[i, j] - ai * alpha[j]
+                    A[i, j] = v
+                    A[j, i] = v

@@ -1,6 +1,7 @@
 """The EoS map, its closed-form gradient and the action (docs/MATH.md sections 6 and 7)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -210,3 +211,25 @@ def test_reused_scratch_matrices_leave_earlier_states_intact(activation):
     for t, k in zip((again.Q, again.T, again.alpha, again.fbar), kept):
         assert torch.equal(t, k)
     assert again.nll == first.nll
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_eos_g_is_given_the_full_symmetric_a(activation, monkeypatch):
+    """The contract of ``Activation.eos_g``: A = M^{-1} - alpha alpha^T in full (an activation's
+    fused form may read either triangle), whatever the evaluator's linear algebra leaves behind."""
+    ds = paper_data(48, 2, seed=3)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-2), activation=activation)
+    seen = []
+    eos_g = ev.act.eos_g
+
+    def spy(A, ctx, siga2):
+        seen.append(A.clone())
+        return eos_g(A, ctx, siga2)
+
+    monkeypatch.setattr(ev, "act", dataclasses.replace(ev.act, eos_g=spy))
+    state = ev.state(random_sigma(2, seed=5))
+    M_inv = torch.linalg.inv(state.Q + 1e-2 * torch.eye(48, dtype=torch.float64))
+    A_ref = M_inv - torch.outer(state.alpha, state.alpha)
+    (A,) = seen
+    # M is well conditioned at sig2 = 1e-2: two inverses agree to ~1e-13 of max|A|.
+    assert torch.equal(A, A.T) and _rel(A, A_ref) < 1e-10

@@ -90,11 +90,10 @@ def _erf_kernel_phi(K):
 def _erf_eos_q(K, diag, siga2):
     D = 1.0 + 2.0 * diag
     r = D.rsqrt()
-    if K.device.type == "cpu":  # one compiled pass over the entry pairs (shallow_collapse/eos/loops.py)
+    if K.device.type == "cpu":  # compiled pass over the entry pairs, vectorised asin (eos/loops.py)
         from .eos import loops
-        Q, wdiag = torch.empty_like(K), torch.empty_like(diag)
-        loops.erf_q(K.numpy(), r.numpy(), siga2 * 2.0 / math.pi, Q.numpy(), wdiag.numpy())
-        return Q, (K, wdiag, r, D)
+        loops.erf_argument(K.numpy(), r.numpy())  # K <- C, symmetric
+        return torch.asin(K, out=loops.fresh_like(K)).mul_(siga2 * 2.0 / math.pi), (K, r, D)
     rr = torch.outer(r, r).mul_(2.0)  # 2 r r^T
     C = K.mul_(rr).clamp_(-1.0, 1.0)  # C = 2 K o r r^T, in K's memory
     return torch.asin(C).mul_(siga2 * 2.0 / math.pi), (C, rr, D)
@@ -104,10 +103,10 @@ def _erf_eos_g(A, ctx, siga2):
     # B = c0 A o (1 - C^2)^(-1/2) with c0 = siga2 (2/pi);
     # G = 2 B o r r^T - 2 diag(sum_j B_ij C_ij / D_i) = c0 [Bu o rr - diag(2 (Bu C) 1 / D)]
     # with Bu = B / c0 and rr = 2 r r^T; c0 is the returned scale (applied to the d x d result).
-    if A.device.type == "cpu":  # ctx from the compiled Q pass: C above the diagonal, W below
+    if A.device.type == "cpu":  # ctx from the compiled Q pass: C; (1 - C^2)^(-1/2) is recomputed
         from .eos import loops
-        KC, wdiag, r, D = ctx
-        loops.erf_g(A.numpy(), KC.numpy(), wdiag.numpy(), r.numpy(), D.numpy())
+        C, r, D = ctx
+        loops.erf_g(A.numpy(), C.numpy(), r.numpy(), D.numpy())
         return A, siga2 * 2.0 / math.pi
     C, rr, D = ctx
     W = torch.addcmul(torch.ones((), dtype=C.dtype, device=C.device), C, C, value=-1.0)
@@ -161,10 +160,12 @@ def _relu_kernel_phi(K):
 
 
 def _relu_eos_q(K, diag, siga2):
-    if K.device.type == "cpu":  # one compiled pass over the entry pairs (shallow_collapse/eos/loops.py)
+    if K.device.type == "cpu":  # compiled passes over the entry pairs, vectorised atan2 (eos/loops.py)
         from .eos import loops
-        Q = torch.empty_like(K)
-        loops.relu_q(K.numpy(), diag.numpy(), siga2, _SNAP, Q.numpy())
+        Q = loops.fresh_like(K)
+        loops.relu_argument(K.numpy(), diag.numpy(), _SNAP, Q.numpy())  # K <- cos, Q <- sin
+        Q.atan2_(K)  # theta = atan2(sin, cos)
+        loops.relu_q(K.numpy(), Q.numpy(), diag.numpy(), siga2)
         return Q, (K, diag)
     n = torch.sqrt(diag[:, None] * diag[None, :])
     cos = (K / n).clamp_(-1.0, 1.0)

@@ -1,6 +1,7 @@
 """The EoS map, its closed-form gradient and the action (docs/MATH.md sections 6 and 7)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -190,3 +191,45 @@ def test_collinear_relu_state_equals_the_dense_reference():
     assert _rel(state.Q, Q) < 1e-13 and _rel(state.alpha, alpha) < 1e-10
     assert _rel(state.fbar, ds.y - 1e-2 * alpha) < 1e-10
     assert float((state.T - T).abs().max()) < 1e-12 * T_scale and math.isclose(state.nll, nll, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_reused_scratch_matrices_leave_earlier_states_intact(activation):
+    """Every evaluation reuses the evaluator's two N x N scratch matrices (K, and M with its factor,
+    inverse, A and G): a later evaluation must not change an earlier state, and evaluating the same
+    Sigma again gives the same bits."""
+    ds = paper_data(64, 3, seed=6)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-3), activation=activation)
+    S1, S2 = random_sigma(3, seed=1), random_sigma(3, seed=2)
+    first = ev.state(S1)
+    kept = [t.clone() for t in (first.Q, first.T, first.alpha, first.fbar)]
+    second = ev.state(S2)
+    again = ev.state(S1)
+    assert not torch.equal(second.Q, first.Q)
+    for t, k in zip((first.Q, first.T, first.alpha, first.fbar), kept):
+        assert torch.equal(t, k)
+    for t, k in zip((again.Q, again.T, again.alpha, again.fbar), kept):
+        assert torch.equal(t, k)
+    assert again.nll == first.nll
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_eos_g_is_given_the_full_symmetric_a(activation, monkeypatch):
+    """The contract of ``Activation.eos_g``: A = M^{-1} - alpha alpha^T in full (an activation's
+    fused form may read either triangle), whatever the evaluator's linear algebra leaves behind."""
+    ds = paper_data(48, 2, seed=3)
+    ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-2), activation=activation)
+    seen = []
+    eos_g = ev.act.eos_g
+
+    def spy(A, ctx, siga2):
+        seen.append(A.clone())
+        return eos_g(A, ctx, siga2)
+
+    monkeypatch.setattr(ev, "act", dataclasses.replace(ev.act, eos_g=spy))
+    state = ev.state(random_sigma(2, seed=5))
+    M_inv = torch.linalg.inv(state.Q + 1e-2 * torch.eye(48, dtype=torch.float64))
+    A_ref = M_inv - torch.outer(state.alpha, state.alpha)
+    (A,) = seen
+    # M is well conditioned at sig2 = 1e-2: two inverses agree to ~1e-13 of max|A|.
+    assert torch.equal(A, A.T) and _rel(A, A_ref) < 1e-10

@@ -91,16 +91,20 @@ LANGEVIN_USES = ("L", "activation", "leaky_relu_slope", "hidden_features", "out_
                  "sig2")
 
 
+FCN_METHODS = ("fcn", "nngp", "ntk")
+
+
 def fcn_sweep(cfg: dict, run, grid: str):
     """The FCN sweep of ``cfg``'s optimizer: SGD training (:func:`fcn.evaluate_cell`) or posterior
     sampling (:func:`langevin_experiment.evaluate_cell`)."""
     if cfg["optimizer"] == "langevin":
         return run_sweep(cfg, run, langevin_experiment.evaluate_cell, grid, langevin_experiment.METHODS, plot_sweep)
-    return run_sweep(cfg, run, fcn.evaluate_cell, grid, ("fcn", "nngp", "ntk"), plot_sweep)
+    return run_sweep(cfg, run, fcn.evaluate_cell, grid, FCN_METHODS, plot_sweep)
 
 
 def fcn_sweep_job(description: str, grid: str) -> Job:
-    job = sweep_job("fcn", description, fcn.evaluate_cell, ("fcn", "nngp", "ntk"), grid, ("network", "fcn"),
+    """The FCN sweep job: the SGD keys are hashed under ``optimizer: sgd``, the sampler's under langevin."""
+    job = sweep_job("fcn", description, fcn.evaluate_cell, FCN_METHODS, grid, ("network", "fcn"),
                     check=check_langevin)
     langevin = tuple(sorted({*keys_of(*GRID_SCOPES[grid], "langevin"), *LANGEVIN_USES}))
     return Job(job.description, job.keys, partial(fcn_sweep, grid=grid), job.memory, job.check,
@@ -111,20 +115,19 @@ GRID_OF = "over a grid of dataset sizes and input dimensions"
 SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, config scopes, keys dropped, check)
     "limiting_kernels": (f"NC1 of the infinite-width NNGP and NTK {GRID_OF}", limiting_kernels.evaluate_cell,
                          ("nngp", "ntk"), ("network",), (), _no_check),
-    "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF}",
-            fcn.evaluate_cell, ("fcn", "nngp", "ntk"), ("network", "fcn"), (), _no_check),
+    "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF} "
+            "(or, with optimizer=langevin, sampled from the posterior the EoS describe)",
+            fcn.evaluate_cell, FCN_METHODS, ("network", "fcn"), (), check_langevin),
     "adaptive_kernels": (f"NC1 of the adaptive kernel (Equations of State), with the NNGP of the same draws, "
                          f"{GRID_OF}", adaptive_kernel.evaluate_cell, ("ak", "nngp"), ("network", "ak"),
                          (*AK_UNUSED, "lightweight"), check_adaptive_kernel),
 }
 
-JOBS: dict[str, Job] = {
-    f"{prefix}_bulk_{grid}": sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
+JOBS: dict[str, Job] = {  # the FCN sweeps also sample the posterior network (optimizer: langevin)
+    f"{prefix}_bulk_{grid}": fcn_sweep_job(description, grid) if prefix == "fcn" else
+    sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
     for prefix, (description, evaluate, methods, scopes, drop, check) in SWEEPS.items() for grid in GRID_SCOPES
 }
-for _grid in GRID_SCOPES:  # optimizer: langevin samples the posterior network instead (its own hash keys)
-    JOBS[f"fcn_bulk_{_grid}"] = fcn_sweep_job(SWEEPS["fcn"][0] + " (or, with optimizer=langevin, sampled from "
-                                              "the posterior the EoS describe)", _grid)
 JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
                   keys_of("data", "single", "network", "fcn", "probe"), fcn.run,
                   partial(memory.single_need, method="fcn"), check_sgd_only)

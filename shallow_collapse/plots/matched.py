@@ -42,7 +42,7 @@ def plot_matched(table: list[dict], plots_dir: Path) -> Path:
                        facecolors="white", edgecolors="C0", zorder=3)
             ax.plot(hs, [mean("ak", h) for h in hs], "s" + ls, color="C3", label="adaptive kernel" + tag)
             ax.plot(hs, [mean("nngp", h) for h in hs], ls, color="gray", label="NNGP" + tag)
-            ax.plot(hs, [mean("map", h) for h in hs], "^" + ls, color="C2", label="MAP (SGD, matched)" + tag)
+            ax.plot(hs, [mean("map", h) for h in hs], "^" + ls, color="C2", label="MAP (noise-free descent)" + tag)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width h")
         ax.set_title(f"N={N}, d={d}")

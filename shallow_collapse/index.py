@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, read_yaml, resolve
-from .report import REPORT, STYLE, _e, _link, _table
+from .report import REPORT, STYLE, _link, _table
 from .runs import atomic_write_text
 from .sweeps import read_table
 

@@ -142,3 +142,31 @@ def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
     """|MC - exact| <= k standard errors (entrywise). With k=5 and a few dozen entries the chance
     of a false failure is ~1e-5; the seeds are fixed, so the outcome is deterministic anyway."""
     assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se
+
+
+def dense_action(X, y, Sigma, chi, *, activation="erf", sigw2=1.0, siga2=1.0 / 128, sig2=1e-6):
+    """S(Sigma) written independently of the solver: plain torch ops (differentiable), a dense
+    solve and slogdet instead of the Cholesky path, and no closed-form gradient."""
+    from shallow_collapse import activations
+
+    N, d = X.shape
+    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
+    prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
+    return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
+
+
+def assert_slope_is_a_central_difference(X, y, S, chi, params, activation, grad, generator):
+    """The closed-form gradient ``grad`` of the action at ``S`` against a central difference of S
+    along a random symmetric direction: truncation O(eps^2 times the third derivative) and
+    round-off O(1e-16 |S| / eps) with eps = 1e-5 relative: ~1e-6 of the slope."""
+    from shallow_collapse import eos
+
+    d = S.shape[0]
+    value, _ = eos.action(X, y, S, chi, params, activation=activation)
+    D = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    D = (D + D.T) * float(S.abs().max())
+    eps = 1e-5
+    plus, _ = eos.action(X, y, S + eps * D, chi, params, activation=activation)
+    minus, _ = eos.action(X, y, S - eps * D, chi, params, activation=activation)
+    slope = float((grad * D).sum())
+    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_slope_is_a_central_difference, dense_action
 from shallow_collapse import activations, data, eos
 from shallow_collapse.kernel_maps import NumericalMaps
 from shallow_collapse.params import EoSParams
@@ -124,14 +125,6 @@ def paper_data(N, d, seed=0):
     return data.gaussian_data((N // 2, N // 2), d, (-2.0, 2.0), (0.5, 0.5), seed, 0)
 
 
-def dense_action(X, y, Sigma, chi, activation, sigw2, siga2, sig2):
-    """S(Sigma) in plain differentiable torch ops (dense solve, slogdet), independent of the solver."""
-    N, d = X.shape
-    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
-    prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
-    return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
-
-
 @pytest.mark.parametrize("activation", ["tanh", "softplus"])
 @pytest.mark.parametrize("d,sig2", [(1, 1e-2), (3, 1e-6), (3, 1e-2)])
 def test_action_and_gradient_match_autograd_and_finite_differences(activation, d, sig2):
@@ -143,7 +136,7 @@ def test_action_and_gradient_match_autograd_and_finite_differences(activation, d
     chi = 50.0
     value, grad = eos.action(ds.X, ds.y, S, chi, p, activation=activation)
     Sv = S.clone().requires_grad_(True)
-    ref = dense_action(ds.X, ds.y, Sv, chi, activation, 1.0, 0.3, sig2)
+    ref = dense_action(ds.X, ds.y, Sv, chi, activation=activation, sigw2=1.0, siga2=0.3, sig2=sig2)
     ref.backward()
     ref_grad = 0.5 * (Sv.grad + Sv.grad.T)
     # As for erf/ReLU in test_eos.py, gradient to the round-off of O(N^2) sums with entries of A up
@@ -152,13 +145,7 @@ def test_action_and_gradient_match_autograd_and_finite_differences(activation, d
     # amplifies by kappa(M) ~ 1e6 at sig2 = 1e-6 (measured 1.1e-10 relative), hence 1e-9.
     assert math.isclose(value, ref.item(), rel_tol=1e-9)
     assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-8 * ref_grad.abs().max())
-    D = torch.randn(d, d, generator=g, dtype=torch.float64)
-    D = (D + D.T) * float(S.abs().max())
-    eps = 1e-5
-    plus, _ = eos.action(ds.X, ds.y, S + eps * D, chi, p, activation=activation)
-    minus, _ = eos.action(ds.X, ds.y, S - eps * D, chi, p, activation=activation)
-    slope = float((grad * D).sum())
-    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
+    assert_slope_is_a_central_difference(ds.X, ds.y, S, chi, p, activation, grad, g)
 
 
 @pytest.mark.slow

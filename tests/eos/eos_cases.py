@@ -6,8 +6,10 @@ from dataclasses import replace
 
 import torch
 
-from shallow_collapse import activations, data
+from shallow_collapse import data
 from shallow_collapse.params import EoSParams
+
+from conftest import dense_action  # noqa: F401 (re-exported for the EoS tests)
 
 # The paper's AK hyper-parameters (configs/adaptive_kernels*.yml) are the defaults.
 PAPER = EoSParams()
@@ -27,15 +29,6 @@ def random_sigma(d, seed=0):
     g = torch.Generator().manual_seed(seed)
     R = torch.randn(d, d, generator=g, dtype=torch.float64)
     return R @ R.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
-
-
-def dense_action(X, y, Sigma, chi, *, activation="erf", sigw2=1.0, siga2=1.0 / 128, sig2=1e-6):
-    """S(Sigma) written independently of the solver: plain torch ops (differentiable), a dense
-    solve and slogdet instead of the Cholesky path, and no closed-form gradient."""
-    N, d = X.shape
-    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
-    prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
-    return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
 
 
 def dense_derivative_1d(X, y, s, chi, **params):

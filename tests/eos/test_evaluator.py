@@ -9,6 +9,7 @@ import torch
 
 from shallow_collapse import activations, data, eos
 
+from conftest import assert_slope_is_a_central_difference
 from eos_cases import dense_action, paper, paper_data, random_sigma, reference_q_g, reference_state
 
 
@@ -111,16 +112,7 @@ def test_action_and_gradient_match_autograd_and_finite_differences(activation, s
     # Gradient: the closed form (1/2)[chi((d/sigw2) I - Sigma^{-1}) + T] against autograd through
     # the whole of S (A not held fixed): equal up to the cancellation noted for T (1e-8 relative).
     assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-8 * ref_grad.abs().max())
-    # And against a central difference of S along a random symmetric direction: truncation
-    # O(eps^2 S''') and round-off O(1e-16 |S| / eps) with eps = 1e-5 relative: ~1e-6 of the slope.
-    g = torch.Generator().manual_seed(7)
-    D = torch.randn(3, 3, generator=g, dtype=torch.float64)
-    D = (D + D.T) * float(S.abs().max())
-    eps = 1e-5
-    plus, _ = eos.action(ds.X, ds.y, S + eps * D, chi, p, activation=activation)
-    minus, _ = eos.action(ds.X, ds.y, S - eps * D, chi, p, activation=activation)
-    slope = float((grad * D).sum())
-    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
+    assert_slope_is_a_central_difference(ds.X, ds.y, S, chi, p, activation, grad, torch.Generator().manual_seed(7))
 
 
 def test_stationary_points_of_the_action_solve_the_eos():

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from .config import ConfigError, load_config
 from .devices import resolve_device
@@ -14,7 +17,7 @@ from .plots import figure_formats
 from .report import write_report
 from .runs import OutputError, open_run
 
-__all__ = ["main"]
+__all__ = ["main", "run_job", "Outcome", "finish"]
 
 
 def _parser(job_name: str) -> argparse.ArgumentParser:
@@ -28,10 +31,19 @@ def _parser(job_name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(job_name: str, argv=None) -> int:
+@dataclass(frozen=True)
+class Outcome:
+    """What one run of a job did: its exit status (0 done, 2 refused before any work, 130
+    interrupted with the finished cells kept) and the run folder it wrote (None when refused)."""
+
+    code: int
+    folder: Path | None
+
+
+def run_job(job_name: str, argv=None) -> Outcome:
     """Validate the config, the execution settings, the memory and the output folder, then run
-    the job; print the folder. Returns the exit status: 0 done, 2 refused before any work (one
-    line on stderr, nothing written), 130 interrupted (finished cells kept)."""
+    the job and write its report. Refusals print one line on stderr and write nothing. Callers
+    that go on with the run (paper.py, the matched study) read the folder from the outcome."""
     parser = _parser(job_name)
     args = parser.parse_intermixed_args(argv)
     job = JOBS[job_name]
@@ -45,10 +57,10 @@ def main(job_name: str, argv=None) -> int:
         run = open_run(cfg, job_name, job.keys_for(cfg), args.out, argv=command)
     except (ConfigError, OutputError, RuntimeError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return Outcome(2, None)
     except KeyboardInterrupt:  # e.g. while waiting for a Dask scheduler: nothing written yet
         print(f"{parser.prog}: interrupted before any work", file=sys.stderr)
-        return 130
+        return Outcome(130, None)
     update_index(args.out)
     try:
         with figure_formats(cfg["plot_formats"]):
@@ -56,9 +68,26 @@ def main(job_name: str, argv=None) -> int:
         write_report(run.path)
     except KeyboardInterrupt:
         run.log.warning("interrupted: finished cells are kept; rerun the same command to resume")
-        return 130
+        return Outcome(130, run.path)
     finally:
         run.close()
         update_index(args.out)
     print(run.path)
+    return Outcome(0, run.path)
+
+
+def main(job_name: str, argv=None) -> int:
+    """An entry script: :func:`run_job`, returning its exit status."""
+    return run_job(job_name, argv).code
+
+
+def finish(prog: str, work: Callable[[], Path], refusals: tuple[type[BaseException], ...]) -> int:
+    """The tail of a command that writes one folder: run ``work``; print the folder and return 0,
+    or print ``prog: error: ...`` for one of ``refusals`` and return 2."""
+    try:
+        folder = work()
+    except refusals as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(folder)
     return 0

@@ -23,13 +23,13 @@ import csv
 import hashlib
 import json
 import math
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from .cli import finish
 from .config import PLOT_FORMATS, SCHEMA
 from .index import update_index
 from .plots import figure_formats
@@ -290,10 +290,4 @@ def main(argv=None) -> int:
     parser.add_argument("--plot-formats", type=_formats, default=["png"], metavar="FMT[,FMT]",
                         help="figure formats, any of png, pdf, svg (default: png)")
     args = parser.parse_args(argv)
-    try:
-        path = compare(args.folders, args.out, args.plot_formats)
-    except (CompareError, OutputError) as exc:
-        print(f"compare.py: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return finish("compare.py", lambda: compare(args.folders, args.out, args.plot_formats), (CompareError, OutputError))

@@ -13,6 +13,7 @@ key and what was expected.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import reprlib
@@ -27,7 +28,7 @@ from . import activations
 from .eos import STRATEGIES as EOS_STRATEGIES
 from .params import EoSParams, LangevinParams, NetworkParams, ProbeParams, SGDParams
 
-__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "show", "EOS_STRATEGIES",
+__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "format_override", "show", "EOS_STRATEGIES",
            "PLOT_FORMATS"]
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
@@ -161,11 +162,9 @@ SCHEMA: dict[str, Key] = {
                              "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
     "lightweight": Key(False, "bool", "ak", "single AK runs only (sweeps never read it): solve at chi = h directly, without the annealing "
                       "schedule, its per-step metrics and the plots"),
-    # the matched study (shallow_collapse.matched_study): one FCN-langevin and one AK sweep per (h, sig2)
-    "hidden_features_list": Key([64, 256, 1024], "list[int]", "study",
-                                "matched study: widths h (hidden_features = h of each pair of sweeps)",
-                                bound=POSITIVE_INT),
-    "sig2_list": Key([1e-2], "list[float]", "study", "matched study: likelihood variances sig2", bound=POSITIVE),
+    # the matched study (shallow_collapse.matched_study): per activation, the posterior, AK and SGD FCN sweeps
+    "activation_list": Key(["erf", "relu"], "list[str]", "study",
+                           "matched study: one set of sweeps (posterior, AK, SGD FCN) per activation"),
     # execution and output (never hashed: they do not change the numbers)
     "plot_formats": Key(["png"], "list[" + "|".join(PLOT_FORMATS) + "]", "run",
                         "file formats of every figure: any of png, pdf, svg"),
@@ -296,6 +295,8 @@ def _check(cfg: dict) -> None:
              "a folder name of at most 100 letters, digits, '.', '_' and '-' (no path separators)", cfg["name"])
     _require(cfg["activation"] in activations.ACTIVATIONS, "activation",
              "one of " + ", ".join(sorted(activations.ACTIVATIONS)), cfg["activation"])
+    _require(all(a in activations.ACTIVATIONS for a in cfg["activation_list"]), "activation_list",
+             "activations among " + ", ".join(sorted(activations.ACTIVATIONS)), cfg["activation_list"])
     C = cfg["num_classes"]
     implied = DATA_CLASSES[cfg["training_data_cls"]]
     _require(C == implied, "num_classes", f"{implied} for training_data_cls {cfg['training_data_cls']}", C)
@@ -310,7 +311,7 @@ def _check(cfg: dict) -> None:
     _require(sum(cfg["class_sizes"]) == cfg["N"], "class_sizes", f"sizes that sum to N={cfg['N']}",
              cfg["class_sizes"])
     for key in ("N_list", "in_features_list", "class_sizes_list", "annealing_factors", "plot_formats",
-                "hidden_features_list", "sig2_list"):
+                "activation_list"):
         _require(len(cfg[key]) > 0, key, "a non-empty list", cfg[key])
     for key in ("N_list", "in_features_list", "class_sizes_list"):
         _require(len({str(v) for v in cfg[key]}) == len(cfg[key]), key, "distinct grid entries", cfg[key])
@@ -349,6 +350,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {show(text)}: value is not valid YAML ({_one_line(exc)})") from None
+
+
+def format_override(key: str, value: Any) -> str:
+    """``(key, value)`` -> ``'key=value'``, the value as YAML flow text: what :func:`parse_override`
+    reads back to the same value (the studies pass their keys to the sweeps this way)."""
+    return f"{key}={json.dumps(value)}"
 
 
 def _one_line(exc: Exception) -> str:

@@ -120,8 +120,17 @@ def _compare_entry(folder: Path, record: dict) -> Entry:
     return Entry("compare", folder.name, record.get("created", ""), "ok", True, {"inputs": inputs}, "")
 
 
+def _study_entry(folder: Path, record: dict) -> Entry:
+    status = str(record.get("status", "?"))
+    activations = [s.get("activation") for s in record.get("sweeps", [])]
+    return Entry(record.get("job", "matched_study"), folder.name, record.get("created", ""), status, status == "ok",
+                 {"activations": activations, **({"overrides": record["overrides"]} if record.get("overrides") else {})},
+                 "")
+
+
 def _entry(folder: Path) -> Entry | None:
-    for name, build in (("paper.json", _paper_entry), ("compare.json", _compare_entry), ("meta.json", _run_entry)):
+    for name, build in (("paper.json", _paper_entry), ("compare.json", _compare_entry), ("study.json", _study_entry),
+                        ("meta.json", _run_entry)):
         record = _read_json(folder / name)
         if isinstance(record, dict):
             try:

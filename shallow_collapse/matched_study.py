@@ -1,15 +1,19 @@
-"""The matched study: the adaptive kernel against the posterior network it describes.
+"""The matched study: the adaptive kernel against the posterior network it describes, at the paper's settings.
 
 ``python -m shallow_collapse matched_study configs/matched_study.yml [key=value ...] [--out DIR]``
 
-For every width h of ``hidden_features_list`` and noise sig2 of ``sig2_list`` it runs, through
-:func:`cli.main` (so each lands in its usual run folder and resumes), the balanced FCN sweep with
-``optimizer=langevin hidden_features=h h=h sig2=sig2`` (rows ``langevin``, ``map``, ``nngp``,
-``ntk``) and the balanced AK sweep with the same keys (rows ``ak``, ``nngp``), both from the one
-config; the AK's annealing factors are those of the config above h. Then it pairs the rows draw
-by draw (:func:`study_table`) and writes ``OUT/matched_study/<hash>/``: ``table.csv``,
-``study.json`` (the run hashes and folders used, the software versions), ``config.yaml`` (the
-resolved config) and the figure ``matched_nc1`` (:mod:`shallow_collapse.plots.matched`).
+One config describes every method. For each activation of ``activation_list`` it runs, through
+:func:`cli.run_job` (so each sweep lands in its usual run folder and resumes), three balanced
+sweeps on the same draws with ``activation`` set: the posterior network
+(``posterior_bulk_balanced``: rows ``posterior``, ``nngp``), the adaptive kernel
+(``adaptive_kernels_bulk_balanced``: rows ``ak``, ``nngp``) and the SGD-trained network
+(``fcn_bulk_balanced``: rows ``fcn``, ``nngp``, ``ntk``). Then it pairs the rows draw by draw
+(:func:`study_table`), averages them per cell (:func:`cell_table`) and writes
+``OUT/matched_study/<hash>/``: ``table.csv`` (one row per draw), ``cells.csv`` (one row per
+(activation, N, d): AK - posterior with its standard error), ``study.json`` (the sweep folders
+used, the software versions), ``config.yaml`` (the resolved config), the figure ``matched_nc1``
+(:mod:`shallow_collapse.plots.matched`) and ``report.html``. The folder is named by the run
+hashes of its sweeps, read from the folders the sweeps wrote.
 """
 from __future__ import annotations
 
@@ -17,118 +21,172 @@ import argparse
 import hashlib
 import json
 import math
-import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from . import cli
-from .config import ConfigError, load_config
+from .config import ConfigError, format_override, load_config
+from .executors import check_execution
+from .index import update_index
 from .jobs import JOBS
 from .plots import figure_formats
-from .runs import atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
+from .report import write_report
+from .runs import OutputError, atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
 from .sweeps import read_table, write_table
 
-__all__ = ["plan", "study_table", "run_study", "main", "TABLE_COLUMNS"]
+__all__ = ["SWEEPS", "USABLE_AK", "plan", "study_table", "cell_table", "run_study", "main", "TABLE_COLUMNS",
+           "CELL_COLUMNS"]
 
-SWEEPS = ("fcn_bulk_balanced", "adaptive_kernels_bulk_balanced")
-TABLE_COLUMNS = ["N", "in_features", "h", "sig2", "repeat", "langevin", "se_langevin", "langevin_status", "ak",
-                 "ak_status", "nngp", "map", "map_status", "ak_minus_langevin", "gap_in_se", "ak_outside",
-                 "rhat", "ess", "step_misfit", "steps", "seconds"]
+SWEEPS = ("posterior_bulk_balanced", "adaptive_kernels_bulk_balanced", "fcn_bulk_balanced")
+USABLE_AK = ("ok", "noise_limited")  # certified AK statuses (docs/SOLVER.md): both are compared
+TABLE_COLUMNS = ["activation", "N", "in_features", "repeat", "posterior", "se_posterior", "posterior_status",
+                 "ak", "ak_status", "nngp", "fcn", "fcn_status", "ak_minus_posterior", "gap_in_se", "ak_outside",
+                 "rhat", "ess", "acceptance", "posterior_seconds"]
+CELL_COLUMNS = ["activation", "N", "in_features", "draws", "draws_compared", "posterior", "se_posterior", "ak",
+                "nngp", "fcn", "ak_minus_posterior", "se_ak_minus_posterior", "gap_in_se"]
 
 
-def _override(key: str, value) -> str:
-    return f"{key}={json.dumps(value)}"
+def plan(config, overrides=()) -> tuple[dict, list[dict]]:
+    """Validate the study's config and every sweep it runs, before any work.
 
-
-def plan(cfg: dict) -> list[dict]:
-    """One entry per (h, sig2): its overrides of the config for the FCN-langevin and the AK sweep."""
+    Returns ``(cfg, points)``: the resolved study config and one point per activation,
+    ``{"activation": a, "overrides": [...], "hashes": {job: run hash}}``. Raises
+    :class:`ConfigError` when a sweep would refuse its config.
+    """
+    cfg = load_config(config, overrides, defaults={"name": "matched_study"})
+    if cfg["hidden_features"] != cfg["h"]:
+        raise ConfigError(f"config key 'hidden_features': expected the AK's width h={cfg['h']} (the SGD "
+                          f"network is the one the AK and the posterior describe), got {cfg['hidden_features']}")
     points = []
-    for h in cfg["hidden_features_list"]:
-        factors = [f for f in cfg["annealing_factors"] if f > h]
-        for sig2 in cfg["sig2_list"]:
-            common = {"hidden_features": h, "h": h, "sig2": sig2}
-            points.append({"h": h, "sig2": sig2,
-                           "fcn_bulk_balanced": {**common, "optimizer": "langevin"},
-                           "adaptive_kernels_bulk_balanced": {**common, "annealing_factors": factors or [float(h)]}})
-    return points
+    for activation in cfg["activation_list"]:
+        extra = [*overrides, format_override("activation", activation)]
+        point = {"activation": activation, "overrides": extra, "hashes": {}}
+        for job in SWEEPS:
+            job_cfg = load_config(config, extra, defaults={"name": job})
+            JOBS[job].check(job_cfg)
+            check_execution(job_cfg)
+            point["hashes"][job] = run_hash(job_cfg, job, JOBS[job].keys_for(job_cfg))
+        points.append(point)
+    return cfg, points
 
 
-def _by_draw(rows):
+def _by_draw(rows: list[dict]) -> dict:
     return {(r["method"], r["N"], r["in_features"], r["repeat"]): r for r in rows}
 
 
+def _value(row: dict | None) -> float:
+    return float(row["log10_nc1"]) if row else math.nan
+
+
 def study_table(points: list[dict]) -> list[dict]:
-    """Per (N, d, h, sig2, repeat): log10 NC1 of the posterior-averaged kernel (``langevin``, with
-    ``se_langevin`` from the chains), of the AK, the NNGP and the MAP network, and the gap AK -
-    langevin in log10 and in standard errors; ``ak_outside`` when both are ok and the AK lies more
-    than 2 standard errors from the sampler's value (the sampler's SE only: the AK is exact)."""
+    """One row per (activation, N, d, repeat): log10 NC1 of the posterior-averaged kernel
+    (``posterior``, with ``se_posterior`` from the chains), of the AK, the NNGP and the SGD FCN of
+    the same draw, and the gap AK - posterior in log10 and in standard errors. ``ak_outside`` when
+    both are usable and the AK lies more than 2 standard errors from the posterior (the sampler's
+    SE only: the AK is a deterministic solve)."""
     table = []
     for point in points:
-        fcn, ak = (_by_draw(point["rows"][job]) for job in SWEEPS)
-        for (method, N, d, rep), row in fcn.items():
-            if method != "langevin":
+        post, ak, fcn = (_by_draw(point["rows"][job]) for job in SWEEPS)
+        for (method, N, d, rep), row in post.items():
+            if method != "posterior":
                 continue
-            a, nngp, mp = ak.get(("ak", N, d, rep), {}), fcn.get(("nngp", N, d, rep), {}), fcn.get(("map", N, d, rep), {})
-            gap = a.get("log10_nc1", math.nan) - row["log10_nc1"]
-            se = row.get("se_log10_nc1", math.nan)
-            both_ok = row["status"] == "ok" and a.get("status") == "ok"
+            a, f, nngp = ak.get(("ak", N, d, rep)), fcn.get(("fcn", N, d, rep)), post.get(("nngp", N, d, rep))
+            se = float(row.get("se_log10_nc1", math.nan))
+            gap = _value(a) - _value(row)
+            usable = row["status"] == "ok" and a is not None and a["status"] in USABLE_AK
             table.append({
-                "N": N, "in_features": d, "h": point["h"], "sig2": point["sig2"], "repeat": rep,
-                "langevin": row["log10_nc1"], "se_langevin": se, "langevin_status": row["status"],
-                "ak": a.get("log10_nc1", math.nan), "ak_status": a.get("status", "missing"),
-                "nngp": nngp.get("log10_nc1", math.nan), "map": mp.get("log10_nc1", math.nan),
-                "map_status": mp.get("status", "missing"), "ak_minus_langevin": gap,
-                "gap_in_se": gap / se if se and math.isfinite(se) else math.nan,
-                "ak_outside": bool(both_ok and abs(gap) > 2 * se), "rhat": row.get("rhat"), "ess": row.get("ess"),
-                "step_misfit": row.get("step_misfit"), "steps": row.get("steps"), "seconds": row.get("seconds")})
-    return sorted(table, key=lambda r: (r["sig2"], r["N"], r["in_features"], r["h"], r["repeat"]))
+                "activation": point["activation"], "N": N, "in_features": d, "repeat": rep,
+                "posterior": _value(row), "se_posterior": se, "posterior_status": row["status"],
+                "ak": _value(a), "ak_status": a["status"] if a else "missing", "nngp": _value(nngp),
+                "fcn": _value(f), "fcn_status": f["status"] if f else "missing", "ak_minus_posterior": gap,
+                "gap_in_se": gap / se if se > 0 else math.nan, "ak_outside": bool(usable and abs(gap) > 2 * se),
+                "rhat": row.get("rhat"), "ess": row.get("ess"), "acceptance": row.get("acceptance"),
+                "posterior_seconds": row.get("seconds")})
+    return sorted(table, key=lambda r: (r["activation"], r["N"], r["in_features"], r["repeat"]))
 
 
-def run_study(config, overrides=(), out_root="out") -> Path:
-    """Run (or resume) every sweep of the study, then write its table and figure; returns its folder."""
+def _mean(values) -> float:
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def cell_table(table: list[dict]) -> list[dict]:
+    """One row per (activation, N, d): means over the draws whose posterior is ok and whose AK is
+    certified (``draws_compared`` of ``draws``). The standard error of the mean gap AK - posterior
+    is the spread of the paired gaps over draws (std / sqrt(R), which holds the sampler's noise and
+    the draw-to-draw variation); with a single draw it is that draw's sampler SE."""
+    cells = []
+    for key in sorted({(r["activation"], r["N"], r["in_features"]) for r in table}):
+        rows = [r for r in table if (r["activation"], r["N"], r["in_features"]) == key]
+        used = [r for r in rows if r["posterior_status"] == "ok" and r["ak_status"] in USABLE_AK]
+        gaps = [r["ak_minus_posterior"] for r in used]
+        if len(used) >= 2:
+            se = float(np.std(gaps, ddof=1) / math.sqrt(len(gaps)))
+        else:
+            se = float(used[0]["se_posterior"]) if used else math.nan
+        post_se = [r["se_posterior"] for r in used]
+        gap = _mean(gaps)
+        cells.append({"activation": key[0], "N": key[1], "in_features": key[2], "draws": len(rows),
+                      "draws_compared": len(used), "posterior": _mean([r["posterior"] for r in used]),
+                      "se_posterior": float(math.sqrt(sum(s * s for s in post_se)) / len(post_se)) if used else math.nan,
+                      "ak": _mean([r["ak"] for r in used]), "nngp": _mean([r["nngp"] for r in rows]),
+                      "fcn": _mean([r["fcn"] for r in rows if r["fcn_status"] == "ok"]), "ak_minus_posterior": gap,
+                      "se_ak_minus_posterior": se, "gap_in_se": gap / se if se > 0 else math.nan})
+    return cells
+
+
+def run_study(config, overrides=(), out_root="out", command=()) -> Path:
+    """Run (or resume) every sweep of the study, then write its tables, figure and page; returns its folder."""
     from .plots.matched import plot_matched
 
-    cfg = load_config(config, overrides, defaults={"name": "matched_study"})
-    points = plan(cfg)
+    cfg, points = plan(config, overrides)
     out_root = Path(out_root)
     for point in points:
         point["folders"], point["rows"] = {}, {}
         for job in SWEEPS:
-            argv = [str(config), *overrides, *(_override(k, v) for k, v in point[job].items()),
-                    "name=" + job, "--out", str(out_root)]
-            code = cli.main(job, argv)
-            if code != 0:
-                raise RuntimeError(f"{job} with {point[job]} ended with exit status {code}")
-            job_cfg = load_config(config, argv[1:-2], defaults={"name": job})
-            digest = run_hash(job_cfg, job, JOBS[job].keys_for(job_cfg))
-            point.setdefault("hashes", {})[job] = digest
-            point["folders"][job] = str(out_root / job / digest)
-            point["rows"][job] = read_table(out_root / job / digest / "results.csv")
-    # the study is named by the run hashes of its sweeps (not by their paths: --out does not change it)
-    digest = hashlib.sha256(json.dumps([p["hashes"] for p in points], sort_keys=True).encode()).hexdigest()[:10]
+            outcome = cli.run_job(job, [str(config), *point["overrides"], "--out", str(out_root)])
+            if outcome.code == 130:
+                raise KeyboardInterrupt
+            if outcome.code != 0:
+                raise RuntimeError(f"{job} with activation={point['activation']} ended with exit status {outcome.code}")
+            point["folders"][job] = str(outcome.folder)
+            point["rows"][job] = read_table(outcome.folder / "results.csv")
+    # named by the run hashes of its sweeps, which are their folders' names (--out does not change it)
+    names = [{job: Path(folder).name for job, folder in p["folders"].items()} for p in points]
+    digest = hashlib.sha256(json.dumps(names, sort_keys=True).encode()).hexdigest()[:10]
     folder = make_folder(out_root, cfg["name"], digest)
     table = study_table(points)
+    cells = cell_table(table)
     write_table(folder / "table.csv", table, TABLE_COLUMNS)
+    write_table(folder / "cells.csv", cells, CELL_COLUMNS)
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    atomic_write_json(folder / "study.json", {"points": [{k: v for k, v in p.items() if k != "rows"} for p in points],
-                                              "versions": software_versions(), "overrides": list(overrides)})
     with figure_formats(cfg["plot_formats"]):
-        plot_matched(table, folder / "plots")
+        plot_matched(cells, folder / "plots")
+    atomic_write_json(folder / "study.json", {
+        "job": "matched_study", "hash": digest, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command), "overrides": list(overrides), "versions": software_versions(),
+        "sweeps": [{"activation": p["activation"], "folders": p["folders"]} for p in points],
+        "status": "ok" if all(r["posterior_status"] == "ok" and r["ak_status"] in USABLE_AK for r in table)
+        else "some draws not compared"})
+    write_report(folder)
+    update_index(out_root)
     return folder
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="matched_study", description="The adaptive kernel against the "
-                                     "posterior network it describes, over widths and noise levels.")
+                                     "posterior network it describes and the SGD-trained network, per activation.",
+                                     epilog="Every config key, its default and meaning: docs/CONFIG.md.")
     parser.add_argument("config", help="YAML config, e.g. configs/matched_study.yml")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--out", default="out", metavar="DIR")
     args = parser.parse_intermixed_args(argv)
+    command = ["matched_study", *(argv if argv is not None else [])]
     try:
-        folder = run_study(args.config, args.overrides, args.out)
-    except (ConfigError, RuntimeError) as exc:
-        print(f"matched_study: error: {exc}", file=sys.stderr)
-        return 2
-    print(folder)
-    return 0
+        return cli.finish("matched_study", lambda: run_study(args.config, args.overrides, args.out, command),
+                          (ConfigError, OutputError, RuntimeError))
+    except KeyboardInterrupt:
+        return 130

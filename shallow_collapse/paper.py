@@ -32,7 +32,7 @@ import yaml
 
 from . import cli, matched_study
 from .compare import compare
-from .config import ConfigError, load_config, parse_override, read_yaml, resolve
+from .config import ConfigError, format_override, parse_override, read_yaml, resolve, load_config
 from .executors import check_execution
 from .index import update_index
 from .jobs import GRID_SCOPES, JOBS, SWEEPS
@@ -45,11 +45,6 @@ __all__ = ["PAPER_SWEEPS", "plan", "study_hash", "run_paper", "main"]
 
 # Per grid, its three sweeps (limiting kernels first: seconds; then FCN and AK).
 PAPER_SWEEPS = {grid: [f"{prefix}_bulk_{grid}" for prefix in SWEEPS] for grid in GRID_SCOPES}
-
-
-def _override(key: str, value) -> str:
-    """``key=value`` with the value written as YAML flow text (what the command line reads)."""
-    return f"{key}={json.dumps(value)}"
 
 
 def plan(config, overrides=(), configs_dir=None) -> tuple[dict, dict, dict]:
@@ -99,10 +94,13 @@ def _count_rows(record: dict, folder: Path) -> None:
 
 def _run_sweep(job: str, entry: dict, shared: dict, out_root: Path, record: dict) -> bool:
     """Run one sweep through its entry script's code path; False when interrupted."""
-    argv = [str(entry["config"]), *(_override(k, v) for k, v in shared.items()), "--out", str(out_root)]
+    argv = [str(entry["config"]), *(format_override(k, v) for k, v in shared.items()), "--out", str(out_root)]
     start = time.perf_counter()
     try:
-        code = cli.main(job, argv)
+        outcome = cli.run_job(job, argv)
+        code = outcome.code
+        if outcome.folder is not None:  # the folder the sweep wrote (the planned one: same keys, same hash)
+            record["folder"] = outcome.folder.relative_to(out_root).as_posix()
     except Exception as exc:  # noqa: BLE001 -- a failing sweep is reported; the study goes on
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}".splitlines()[0])
         print(f"paper.py: {job} failed: {record['message']}", file=sys.stderr)
@@ -200,7 +198,7 @@ def main(argv=None) -> int:
     try:
         paper_cfg, shared, sweeps = plan(args.config, args.overrides, args.configs)
         if args.matched is not None:
-            load_config(args.matched)
+            matched_study.plan(args.matched)
     except ConfigError as exc:
         print(f"paper.py: error: {exc}", file=sys.stderr)
         return 2

@@ -284,6 +284,28 @@ def _paper_sections(folder: Path) -> tuple[dict, str]:
     return head, "\n".join(parts)
 
 
+def _study_sections(folder: Path) -> tuple[dict, str]:
+    """The matched study (:mod:`shallow_collapse.matched_study`): figure, AK - posterior per cell, its sweeps."""
+    record = _read_json(folder / "study.json")
+    head = {"job": record.get("job", "matched_study"), "hash": record.get("hash", folder.name),
+            "date": record.get("created", ""), "command": " ".join(map(str, record.get("command", []))),
+            "status": record.get("status")}
+    root = os.path.relpath(folder.parent.parent, folder)
+    cells = read_table(folder / "cells.csv") if (folder / "cells.csv").is_file() else []
+    sweeps = [{"activation": entry["activation"], "sweep": job,
+               "report": _exists_link(folder, os.path.join(root, *Path(f).parts[-2:], REPORT), "/".join(Path(f).parts[-2:]))}
+              for entry in record.get("sweeps", []) for job, f in entry["folders"].items()]
+    parts = ["<h2>Figures</h2>" + _figures(folder, folder / "plots"),
+             "<h2>AK - posterior per cell: log10 NC1, mean over the draws compared, with its standard error</h2>"
+             + _table(cells, lambda c: c["draws_compared"] < c["draws"]),
+             _folded("Every draw (table.csv)", _table(read_table(folder / "table.csv"),
+                                                      lambda r: _not_ok(r["posterior_status"]) or r["ak_outside"]))
+             if (folder / "table.csv").is_file() else "",
+             "<h2>Sweeps</h2>" + _table(sweeps, raw=("report",)),
+             _config_section(_config(folder), "Resolved config")]
+    return head, "\n".join(parts)
+
+
 def write_report(folder) -> Path:
     """Write ``folder/report.html`` for a run, sweep, comparison or paper folder; returns its path."""
     folder = Path(folder)
@@ -291,10 +313,12 @@ def write_report(folder) -> Path:
         head, body = _paper_sections(folder)
     elif (folder / "compare.json").is_file():
         head, body = _compare_sections(folder)
+    elif (folder / "study.json").is_file():
+        head, body = _study_sections(folder)
     elif (folder / "meta.json").is_file():
         head, body = _run_sections(folder)
     else:
-        raise FileNotFoundError(f"{folder}: no meta.json, compare.json or paper.json to report on")
+        raise FileNotFoundError(f"{folder}: no meta.json, compare.json, study.json or paper.json to report on")
     status = head.get("status")
     status_line = "" if status in (None, "ok") else f' <span class="bad">{_e(status)}</span>'
     header = (f"<h1>{_e(head['job'])} <small>{_e(head['hash'])}</small>{status_line}</h1>\n"

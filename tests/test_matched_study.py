@@ -1,0 +1,96 @@
+"""The matched study: draws paired across the posterior, AK and SGD sweeps; cells averaged; refusals; a tiny run."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from shallow_collapse.matched_study import cell_table, main, plan, run_study, study_table
+from shallow_collapse.sweeps import read_table
+
+
+def _rows(method, values, status="ok", **extra):
+    """Sweep rows of ``method`` at N = 16, d = 2, one per repeat, with log10 NC1 ``values``."""
+    return [{"method": method, "N": 16, "in_features": 2, "repeat": r, "log10_nc1": v, "status": status, **extra}
+            for r, v in enumerate(values)]
+
+
+def _point(post, ak, ak_status="ok", post_status="ok", se=0.01):
+    return {"activation": "erf", "rows": {
+        "posterior_bulk_balanced": _rows("posterior", post, post_status, se_log10_nc1=se) + _rows("nngp", [-0.5] * len(post)),
+        "adaptive_kernels_bulk_balanced": _rows("ak", ak, ak_status) + _rows("nngp", [-0.5] * len(ak)),
+        "fcn_bulk_balanced": _rows("fcn", [-2.0] * len(ak)) + _rows("nngp", [-0.4] * len(ak))}}
+
+
+def test_draws_are_paired_and_the_gap_is_in_standard_errors():
+    table = study_table([_point([-1.0, -1.2], [-0.9, -1.25])])
+    assert [r["repeat"] for r in table] == [0, 1]
+    assert table[0]["ak_minus_posterior"] == pytest.approx(0.1, abs=1e-12)
+    assert table[0]["gap_in_se"] == pytest.approx(10.0) and table[0]["ak_outside"]
+    assert table[1]["ak_minus_posterior"] == pytest.approx(-0.05, abs=1e-12) and table[1]["ak_outside"]
+    # the NNGP of the row is the posterior sweep's (the AK's prior), not the SGD network's
+    assert table[0]["nngp"] == -0.5 and table[0]["fcn"] == -2.0
+
+
+def test_a_cell_averages_its_draws_and_its_standard_error_is_the_spread_of_the_gaps():
+    cells = cell_table(study_table([_point([-1.0, -1.2, -1.1], [-0.9, -1.25, -1.0])]))
+    (cell,) = cells
+    gaps = [0.1, -0.05, 0.1]
+    mean = sum(gaps) / 3
+    std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / 2)
+    assert cell["draws"] == cell["draws_compared"] == 3
+    assert cell["ak_minus_posterior"] == pytest.approx(mean, abs=1e-12)
+    assert cell["se_ak_minus_posterior"] == pytest.approx(std / math.sqrt(3), rel=1e-12)
+    assert cell["se_posterior"] == pytest.approx(math.sqrt(3 * 0.01 ** 2) / 3, rel=1e-12)
+
+
+def test_one_draw_takes_the_samplers_standard_error():
+    (cell,) = cell_table(study_table([_point([-1.0], [-0.97], se=0.02)]))
+    assert cell["se_ak_minus_posterior"] == 0.02 and cell["gap_in_se"] == pytest.approx(1.5)
+
+
+def test_a_noise_limited_ak_is_compared_and_an_unconverged_posterior_is_not():
+    (certified,) = cell_table(study_table([_point([-1.0], [-0.9], ak_status="noise_limited")]))
+    assert certified["draws_compared"] == 1 and certified["ak_minus_posterior"] == pytest.approx(0.1)
+    (unusable,) = cell_table(study_table([_point([-1.0], [-0.9], post_status="not_converged")]))
+    assert unusable["draws_compared"] == 0 and math.isnan(unusable["ak_minus_posterior"])
+    (failed_ak,) = cell_table(study_table([_point([-1.0], [-0.9], ak_status="not_converged")]))
+    assert failed_ak["draws_compared"] == 0
+
+
+def test_the_study_plans_one_set_of_sweeps_per_activation(write_config):
+    cfg, points = plan(write_config(activation_list=["erf", "relu"], h=8, hidden_features=8,
+                                    annealing_factors=[100.0]))
+    assert [p["activation"] for p in points] == ["erf", "relu"]
+    for job in points[0]["hashes"]:  # the activation enters every sweep's hash
+        assert points[0]["hashes"][job] != points[1]["hashes"][job]
+
+
+@pytest.mark.parametrize("keys, words", [({"hidden_features": 16, "h": 8, "annealing_factors": [100.0]},
+                                          ("'hidden_features'", "h=8")),
+                                         ({"activation_list": ["erf", "tanhh"]}, ("'activation_list'", "erf"))])
+def test_a_config_the_study_cannot_honour_stops_before_any_work(write_config, out_root, refused, keys, words):
+    path = write_config(**keys)
+    refused(lambda: main([str(path), "--out", str(out_root)]), *words)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_writes_its_tables_figure_page_and_index_entry(write_config, out_root):
+    path = write_config(N_list=[16], in_features_list=[2], repeat=1, activation_list=["erf"], h=8,
+                        hidden_features=8, annealing_factors=[100.0], sig2=0.05, num_epochs=20,
+                        posterior_chains=2, posterior_burn_in=100, posterior_samples=200,
+                        posterior_rhat_max=100.0, posterior_ess_min=0)  # short chains: let them pass as ok
+    folder = run_study(path, out_root=out_root)
+    (row,) = read_table(folder / "table.csv")
+    assert row["posterior_status"] == "ok" and row["ak_status"] in ("ok", "noise_limited")
+    assert math.isclose(row["ak_minus_posterior"], row["ak"] - row["posterior"], abs_tol=1e-12)
+    assert row["se_posterior"] > 0 and math.isfinite(row["fcn"]) and math.isfinite(row["nngp"])
+    (cell,) = read_table(folder / "cells.csv")
+    assert cell["draws_compared"] == 1
+    study = json.loads((folder / "study.json").read_text())
+    assert "torch" in study["versions"] and set(study["sweeps"][0]["folders"]) == {
+        "posterior_bulk_balanced", "adaptive_kernels_bulk_balanced", "fcn_bulk_balanced"}
+    assert (folder / "plots" / "matched_nc1.png").is_file() and (folder / "report.html").is_file()
+    assert f"matched_study/{folder.name}" in (out_root / "index.html").read_text()
+    assert run_study(path, out_root=out_root) == folder  # a rerun resumes into the same folder

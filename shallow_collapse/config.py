@@ -26,16 +26,36 @@ import yaml
 from .data import DATA_CLASSES
 from . import activations
 from .eos import STRATEGIES as EOS_STRATEGIES
-from .params import EoSParams, LangevinParams, NetworkParams, ProbeParams, SGDParams
+from .params import EoSParams, PosteriorParams, NetworkParams, ProbeParams, SGDParams
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "format_override", "show", "EOS_STRATEGIES",
            "PLOT_FORMATS"]
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
 RETIRED = {
+    "langevin_ess_min": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_rhat_max": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_chains": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_thin": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_samples": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_burn_in": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_levels": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "langevin_step": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                   "(docs/CONFIG.md)",
+    "optimizer": "retired: the posterior network is its own job, posterior_bulk_balanced or "
+                 "posterior_bulk_imbalanced (configs/posterior_bulk_balanced.yml); the FCN sweeps train with SGD",
     "f_tol": "retired: the EoS now converge on the relative residual; use rtol "
              "(max|Sigma - Sigma_new| / max|Sigma|, default 1e-8)",
 }
+# A retired key may still say what is now the only behaviour (optimizer: sgd): that value passes.
+RETIRED_DEFAULTS = {"optimizer": "sgd"}
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 
@@ -58,9 +78,7 @@ NON_NEGATIVE = Bound(lambda v: v >= 0, "a non-negative number", "non-negative nu
 POSITIVE = Bound(lambda v: v > 0, "a positive number", "positive numbers")
 FRACTION = Bound(lambda v: 0 < v < 1, "a number between 0 and 1", "numbers between 0 and 1")
 AT_LEAST_2 = Bound(lambda v: v >= 2, "an integer >= 2 (at least one hidden layer)", "integers >= 2")
-STABLE_STEP = Bound(lambda v: 0 < v < 2, "a number between 0 and 2 (the scheme is unstable from 2 on)", "numbers between 0 and 2")
 TWO_OR_MORE = Bound(lambda v: v >= 2, "an integer >= 2", "integers >= 2")
-THREE_OR_MORE = Bound(lambda v: v >= 3, "an integer >= 3", "integers >= 3")
 FOUR_OR_MORE = Bound(lambda v: v >= 4, "an integer >= 4 (split R-hat halves each chain)", "integers >= 4")
 ABOVE_1 = Bound(lambda v: v > 1, "a number above 1", "numbers above 1")
 
@@ -69,7 +87,7 @@ ABOVE_1 = Bound(lambda v: v > 1, "a number above 1", "numbers above 1")
 class Key:
     default: Any
     type: str  # int, float, bool, str, list[int], list[float], list[list[int]], or "a|b|c" choices
-    scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, langevin, study, run
+    scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, posterior, study, run
     help: str  # a default of None means "derived from other keys" or "not set"
     bound: Bound | None = None  # checked on the value (on each entry of a list), None stays allowed
 
@@ -114,31 +132,27 @@ SCHEMA: dict[str, Key] = {
     "lr": Key(SGDParams.lr, "float", "fcn", "SGD learning rate", bound=NON_NEGATIVE),
     "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum", bound=NON_NEGATIVE),
     "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)", bound=NON_NEGATIVE),
-    # posterior sampling of the network the EoS describe (MATH section 9; docs/POSTERIOR.md)
-    "optimizer": Key("sgd", "sgd|langevin", "langevin",
-                     "FCN sweeps: sgd (train the network) or langevin (sample the Bayesian posterior the EoS "
-                     "describe: priors sigw2, siga2, noise sig2, width hidden_features = h, no bias)"),
-    "langevin_step": Key(LangevinParams.step, "float", "langevin",
-                         "largest Langevin step, in units of each layer's inverse curvature", bound=STABLE_STEP),
-    "langevin_levels": Key(LangevinParams.levels, "int", "langevin",
-                           "step sizes step, step/2, ... extrapolated to step 0 and checked for linearity in the step",
-                           bound=THREE_OR_MORE),
-    "langevin_burn_in": Key(LangevinParams.burn_in, "int", "langevin",
-                            "Langevin steps discarded before sampling at the largest step (doubled per level)",
-                            bound=NON_NEGATIVE_INT),
-    "langevin_samples": Key(LangevinParams.samples, "int", "langevin", "retained samples per chain and step level",
-                            bound=FOUR_OR_MORE),
-    "langevin_thin": Key(LangevinParams.thin, "int", "langevin",
-                         "Langevin steps between retained samples at the largest step (doubled per level)",
-                         bound=POSITIVE_INT),
-    "langevin_chains": Key(LangevinParams.chains, "int", "langevin",
-                           "independent chains per data draw (standard errors and R-hat from their spread)",
-                           bound=TWO_OR_MORE),
-    "langevin_rhat_max": Key(LangevinParams.rhat_max, "float", "langevin",
-                             "a draw whose largest split R-hat exceeds this is not_converged", bound=ABOVE_1),
-    "langevin_ess_min": Key(LangevinParams.ess_min, "float", "langevin",
-                            "a draw whose smallest effective sample size (all its chains) is below this is "
-                            "not_converged", bound=NON_NEGATIVE),
+    # the posterior network the EoS describe, readout integrated out (docs/POSTERIOR.md)
+    "posterior_proposal": Key(PosteriorParams.proposal, "pcnl|mala", "posterior",
+                              "Metropolis-Hastings proposal: pcnl (pCN-Langevin, prior exact) or mala"),
+    "posterior_step": Key(PosteriorParams.step, "float", "posterior",
+                          "initial step size in prior-whitened coordinates (adapted during burn-in)", bound=POSITIVE),
+    "posterior_target_acceptance": Key(PosteriorParams.target_acceptance, "float", "posterior",
+                                       "acceptance rate the burn-in adapts each chain's step toward", bound=FRACTION),
+    "posterior_burn_in": Key(PosteriorParams.burn_in, "int", "posterior",
+                             "steps per chain discarded while the step size adapts", bound=NON_NEGATIVE_INT),
+    "posterior_samples": Key(PosteriorParams.samples, "int", "posterior",
+                             "retained samples per chain (step size frozen)", bound=FOUR_OR_MORE),
+    "posterior_thin": Key(PosteriorParams.thin, "int", "posterior", "steps between retained samples",
+                          bound=POSITIVE_INT),
+    "posterior_chains": Key(PosteriorParams.chains, "int", "posterior",
+                            "independent chains per data draw (standard errors and R-hat from their spread)",
+                            bound=TWO_OR_MORE),
+    "posterior_rhat_max": Key(PosteriorParams.rhat_max, "float", "posterior",
+                              "a draw whose largest split R-hat exceeds this is not_converged", bound=ABOVE_1),
+    "posterior_ess_min": Key(PosteriorParams.ess_min, "float", "posterior",
+                             "a draw whose smallest effective sample size (all its chains) is below this is "
+                             "not_converged", bound=NON_NEGATIVE),
     "probe_features": Key(ProbeParams.probe_features, "bool", "probe", "probe NC1 of every layer's features during training"),
     "probe_weights": Key(ProbeParams.probe_weights, "bool", "probe", "probe the spectra of W^T W during training"),
     "probe_kernels": Key(False, "bool", "probe", "also compute the limiting kernels of the run's data"),
@@ -255,7 +269,7 @@ def resolve(raw: dict) -> dict:
     """Typed, validated config with every key of :data:`SCHEMA` (defaults filled, na resolved)."""
     for key in raw:
         if key in RETIRED:
-            if not _is_na(raw[key]):
+            if not _is_na(raw[key]) and raw[key] != RETIRED_DEFAULTS.get(key):
                 raise ConfigError(f"config key '{key}': {RETIRED[key]}")
             continue
         if key not in SCHEMA:
@@ -323,14 +337,12 @@ def _check(cfg: dict) -> None:
 
 
 def _check_schedule(cfg: dict) -> None:
-    """The annealing factors decrease strictly and stay above h; h is appended when the list does
-    not end there, so the resolved schedule always ends at h."""
+    """The annealing factors decrease strictly; h is appended when the list ends above h, so the
+    resolved schedule of the AK ends at h."""
     factors, h = cfg["annealing_factors"], cfg["h"]
     _require(all(a > b for a, b in zip(factors, factors[1:])), "annealing_factors",
              "strictly decreasing factors (the continuation runs from large chi down to h)", factors)
-    _require(factors[-1] >= h, "annealing_factors", f"factors no smaller than h={h} (the schedule ends at h)",
-             factors)
-    if factors[-1] != h:
+    if factors[-1] > h:  # a schedule that ends below h is refused by the AK jobs only (jobs.check_adaptive_kernel)
         cfg["annealing_factors"] = [*factors, float(h)]
 
 

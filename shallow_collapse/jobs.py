@@ -9,8 +9,7 @@ from typing import Callable
 
 from . import memory
 from .config import SCHEMA, ConfigError, show
-from .experiments import adaptive_kernel, fcn, limiting_kernels
-from .experiments import langevin as langevin_experiment
+from .experiments import adaptive_kernel, fcn, limiting_kernels, posterior
 from .plots.sweep import plot_sweep
 from .sweeps import run_sweep
 
@@ -28,13 +27,11 @@ class Job:
     target: Callable  # target(cfg, run) -> None
     memory: Callable  # memory(cfg) -> memory.Need | None, checked before any work
     check: Callable = _no_check  # check(cfg) raises ConfigError for a value the job cannot honour
-    keys_by_optimizer: dict | None = None  # optimizer -> the keys used instead of ``keys`` (FCN sweeps)
 
     def keys_for(self, cfg: dict) -> tuple:
-        """The keys that enter the run hash of ``cfg``: ``keys``, or those of its optimizer, less
-        ``leaky_relu_slope`` unless the activation is leaky_relu (no other activation reads it)."""
-        keys = (self.keys_by_optimizer or {}).get(cfg["optimizer"], self.keys)
-        return tuple(k for k in keys if k != "leaky_relu_slope" or cfg["activation"] == "leaky_relu")
+        """The keys that enter the run hash of ``cfg``: ``keys``, less ``leaky_relu_slope`` unless
+        the activation is leaky_relu (no other activation reads it)."""
+        return tuple(k for k in self.keys if k != "leaky_relu_slope" or cfg["activation"] == "leaky_relu")
 
 
 def keys_of(*scopes: str, drop=()) -> tuple:
@@ -43,32 +40,14 @@ def keys_of(*scopes: str, drop=()) -> tuple:
 
 
 def check_adaptive_kernel(cfg: dict) -> None:
-    """The EoS describe one hidden layer (L = 2) with their own prior (sigw2, no bias)."""
+    """The EoS describe one hidden layer (L = 2) with their own prior (sigw2, no bias), and their
+    continuation ends at the width h."""
     if cfg["L"] != 2:
         raise ConfigError(f"config key 'L': expected 2 for the adaptive kernel (the Equations of State "
                           f"describe one hidden layer), got {show(cfg['L'])}")
-
-
-def check_langevin(cfg: dict) -> None:
-    """The posterior sampler is the network the EoS describe: one hidden layer, one output, width
-    hidden_features equal to the EoS width h (the variances are positive by their schema bounds)."""
-    if cfg["optimizer"] != "langevin":
-        return
-    expected = {"L": (cfg["L"] == 2, "2 for optimizer langevin (the EoS network has one hidden layer)"),
-                "out_features": (cfg["out_features"] == 1, "1 for optimizer langevin (scalar targets)"),
-                "h": (cfg["h"] == cfg["hidden_features"],
-                      f"the width hidden_features={cfg['hidden_features']} for optimizer langevin (the AK of "
-                      f"width h describes the network of that width)")}
-    for key, (ok, words) in expected.items():
-        if not ok:
-            raise ConfigError(f"config key '{key}': expected {words}, got {show(cfg[key])}")
-
-
-def check_sgd_only(cfg: dict) -> None:
-    """The single FCN run trains with SGD; the posterior sampler runs in the FCN sweeps."""
-    if cfg["optimizer"] != "sgd":
-        raise ConfigError(f"config key 'optimizer': expected sgd for a single run (optimizer langevin runs in "
-                          f"fcn_bulk_balanced.py and fcn_bulk_imbalanced.py), got {show(cfg['optimizer'])}")
+    if cfg["annealing_factors"][-1] < cfg["h"]:
+        raise ConfigError(f"config key 'annealing_factors': expected factors no smaller than h={cfg['h']} "
+                          f"(the schedule ends at h), got {show(cfg['annealing_factors'])}")
 
 
 # The network keys the adaptive kernel does not use: L is fixed (checked above), the EoS prior is
@@ -85,52 +64,35 @@ def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple,
                partial(memory.sweep_need, method=prefix, grid=grid), check)
 
 
-# The keys of the posterior sampler (optimizer langevin): the EoS prior and noise, the width, the
-# activation and its own keys; none of SGD's, of the FCN's init or of the EoS solver's.
-LANGEVIN_USES = ("L", "activation", "leaky_relu_slope", "hidden_features", "out_features", "sigw2", "siga2",
-                 "sig2")
-
-
 FCN_METHODS = ("fcn", "nngp", "ntk")
-
-
-def fcn_sweep(cfg: dict, run, grid: str):
-    """The FCN sweep of ``cfg``'s optimizer: SGD training (:func:`fcn.evaluate_cell`) or posterior
-    sampling (:func:`langevin_experiment.evaluate_cell`)."""
-    if cfg["optimizer"] == "langevin":
-        return run_sweep(cfg, run, langevin_experiment.evaluate_cell, grid, langevin_experiment.METHODS, plot_sweep)
-    return run_sweep(cfg, run, fcn.evaluate_cell, grid, FCN_METHODS, plot_sweep)
-
-
-def fcn_sweep_job(description: str, grid: str) -> Job:
-    """The FCN sweep job: the SGD keys are hashed under ``optimizer: sgd``, the sampler's under langevin."""
-    job = sweep_job("fcn", description, fcn.evaluate_cell, FCN_METHODS, grid, ("network", "fcn"),
-                    check=check_langevin)
-    langevin = tuple(sorted({*keys_of(*GRID_SCOPES[grid], "langevin"), *LANGEVIN_USES}))
-    return Job(job.description, job.keys, partial(fcn_sweep, grid=grid), job.memory, job.check,
-               {"langevin": langevin})
+# The keys of the posterior network besides its grid and its own (posterior_*): the network the EoS
+# describe (width h, priors sigw2 and siga2, noise sig2, the activation); none of SGD's, of the
+# FCN's init or of the EoS solver's.
+POSTERIOR_USES = ("activation", "leaky_relu_slope", "h", "sigw2", "siga2", "sig2")
 
 
 GRID_OF = "over a grid of dataset sizes and input dimensions"
 SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, config scopes, keys dropped, check)
     "limiting_kernels": (f"NC1 of the infinite-width NNGP and NTK {GRID_OF}", limiting_kernels.evaluate_cell,
                          ("nngp", "ntk"), ("network",), (), _no_check),
-    "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF} "
-            "(or, with optimizer=langevin, sampled from the posterior the EoS describe)",
-            fcn.evaluate_cell, FCN_METHODS, ("network", "fcn"), (), check_langevin),
+    "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF}",
+            fcn.evaluate_cell, FCN_METHODS, ("network", "fcn"), (), _no_check),
     "adaptive_kernels": (f"NC1 of the adaptive kernel (Equations of State), with the NNGP of the same draws, "
                          f"{GRID_OF}", adaptive_kernel.evaluate_cell, ("ak", "nngp"), ("network", "ak"),
                          (*AK_UNUSED, "lightweight"), check_adaptive_kernel),
+    "posterior": (f"NC1 of the posterior network the EoS describe (readout integrated out, exact MCMC), with the "
+                  f"NNGP of the same draws, {GRID_OF}", posterior.evaluate_cell, posterior.METHODS,
+                  ("network", "ak", "posterior"),
+                  tuple(k for k in keys_of("network", "ak") if k not in POSTERIOR_USES), _no_check),
 }
 
-JOBS: dict[str, Job] = {  # the FCN sweeps also sample the posterior network (optimizer: langevin)
-    f"{prefix}_bulk_{grid}": fcn_sweep_job(description, grid) if prefix == "fcn" else
-    sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
+JOBS: dict[str, Job] = {  # every sweep, balanced and imbalanced
+    f"{prefix}_bulk_{grid}": sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
     for prefix, (description, evaluate, methods, scopes, drop, check) in SWEEPS.items() for grid in GRID_SCOPES
 }
 JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
                   keys_of("data", "single", "network", "fcn", "probe"), fcn.run,
-                  partial(memory.single_need, method="fcn"), check_sgd_only)
+                  partial(memory.single_need, method="fcn"))
 JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for one dataset and plot the continuation",
                                keys_of("data", "single", "network", "ak", drop=AK_UNUSED), adaptive_kernel.run,
                                partial(memory.single_need, method="adaptive_kernels"), check_adaptive_kernel)

@@ -23,8 +23,8 @@ __all__ = ["Need", "cell_bytes", "sweep_need", "single_need", "available_memory"
 F32, F64 = 4, 8
 WORKER_BYTES = 400 * 2**20  # a spawned worker process with torch, numpy and scipy imported
 GRID_KEYS = {"balanced": "N_list", "imbalanced": "class_sizes_list"}
-METHOD_KEYS = {"limiting_kernels": ("L",), "fcn": ("hidden_features", "L", "num_epochs", "langevin_chains"),
-               "adaptive_kernels": ("inner_maxiter",)}
+METHOD_KEYS = {"limiting_kernels": ("L",), "fcn": ("hidden_features", "L", "num_epochs"),
+               "adaptive_kernels": ("inner_maxiter",), "posterior": ("h", "posterior_chains", "posterior_samples")}
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,6 @@ def _limiting_kernels(cfg, N, d, R):
 
 
 def _fcn(cfg, N, d, R):
-    if cfg["optimizer"] == "langevin":
-        return _langevin(cfg, N, d, R)
     h, layers = cfg["hidden_features"], cfg["L"] - 1
     params = d * h + (layers - 1) * h * h + h * cfg["out_features"] + layers * h
     training = R * params * F32 * 4 + layers * R * N * h * (4 * F32 + 4 * F64)  # weights, grads, features
@@ -56,22 +54,23 @@ def _fcn(cfg, N, d, R):
     return _limiting_kernels(cfg, N, d, R) + training + probes
 
 
-def _langevin(cfg, N, d, R):
-    """The posterior sampler (float64): R * chains chains, each with its features and their autograd
-    copies (about 6 of (N, h)), weights, gradients and noise (about 8 of (h, d)), the N x N
-    Gauss-Newton matrices of the curvature estimate (about 4) and the per-sample records."""
-    B, h = R * cfg["langevin_chains"], cfg["hidden_features"]
-    levels = cfg["langevin_levels"]
-    per_chain = 6 * N * h + 8 * h * (d + 1) + 4 * N * N + 2 * N * (d + 2) + d * d * (levels + 2)
-    records = 3 * levels * cfg["langevin_samples"] * F64
-    return _limiting_kernels(cfg, N, d, R) + B * (per_chain * F64 + records)
+def _posterior(cfg, N, d, R):
+    """The collapsed-posterior sampler (float64): R * chains chains, each with its features and
+    their autograd copies (about 8 of (N, h)), the kernel, its Cholesky factor and their gradients
+    (about 6 of (N, N) or (h, h), the smaller), states, proposals and noise (about 10 of (h, d)),
+    and per retained sample three scalars."""
+    B, h = R * cfg["posterior_chains"], cfg["h"]
+    m = min(N, h)
+    per_chain = 8 * N * h + 6 * m * m + 10 * h * d + 4 * N + d * d * 2 + 3 * cfg["posterior_samples"]
+    return _limiting_kernels(cfg, N, d, R) + B * per_chain * F64
 
 
 def _adaptive_kernels(cfg, N, d, R):
     return _data(N, d, R) + 12 * N * N * F64 + (cfg["inner_maxiter"] + 20) * d * d * F64
 
 
-METHODS = {"limiting_kernels": _limiting_kernels, "fcn": _fcn, "adaptive_kernels": _adaptive_kernels}
+METHODS = {"limiting_kernels": _limiting_kernels, "fcn": _fcn, "adaptive_kernels": _adaptive_kernels,
+           "posterior": _posterior}
 
 
 def cell_bytes(method: str, cfg: dict, N: int, d: int, R: int) -> int:

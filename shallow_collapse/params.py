@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-__all__ = ["NetworkParams", "EoSParams", "SGDParams", "LangevinParams", "ProbeParams"]
+__all__ = ["NetworkParams", "EoSParams", "SGDParams", "PosteriorParams", "ProbeParams"]
 
 
 class _Group:
@@ -86,30 +86,29 @@ class SGDParams(_Group):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LangevinParams(_Group):
-    """Langevin sampling of the posterior the EoS describe (MATH.md section 9,
+class PosteriorParams(_Group):
+    """Exact MCMC of the collapsed posterior of the network the EoS describe (docs/MATH.md,
     :func:`~shallow_collapse.posterior.sample_posterior`).
 
-    ``step``: dimensionless step eta of the largest level (each layer's step is eta over its
-    largest curvature; stable below 2); ``levels``: step sizes eta, eta/2, ... extrapolated to 0;
-    ``burn_in``: steps before sampling at the largest step (doubled per level, as is ``thin``,
-    so every level covers the same physical time); ``samples``: retained samples per chain and
-    level; ``chains``: independent chains per data draw; ``rhat_max``, ``ess_min``: a cell whose
-    largest split R-hat exceeds ``rhat_max`` or whose smallest effective sample size (all chains
-    of a draw together) is below ``ess_min`` is not converged.
+    ``proposal``: pcnl (default) or mala; ``step``: the initial step eps in prior-whitened
+    coordinates, adapted per chain during ``burn_in`` steps toward ``target_acceptance`` and then
+    frozen; ``samples``: retained samples per chain, every ``thin`` steps; ``chains``: independent
+    chains per draw; a draw is not converged when its largest split R-hat exceeds ``rhat_max`` or
+    its smallest effective sample size (all its chains) is below ``ess_min``.
     """
 
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {name: f"langevin_{name}" for name in (
-        "step", "levels", "burn_in", "samples", "thin", "chains", "rhat_max", "ess_min")}
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {name: f"posterior_{name}" for name in (
+        "proposal", "step", "target_acceptance", "burn_in", "samples", "thin", "chains", "rhat_max", "ess_min")}
 
-    step: float = 1.0
-    levels: int = 3
+    proposal: str = "pcnl"
+    step: float = 0.2
+    target_acceptance: float = 0.574
     burn_in: int = 1000
-    samples: int = 64
-    thin: int = 40
+    samples: int = 1000
+    thin: int = 2
     chains: int = 4
     rhat_max: float = 1.1
-    ess_min: float = 32.0
+    ess_min: float = 100.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,70 @@
+"""The posterior network the EoS describe (readout integrated out): the sweep method ``posterior``.
+
+Glue only: the sampler is :mod:`shallow_collapse.posterior`. Chain seeds are children of the
+draw's seed (:func:`chain_seeds`), disjoint from the data stream and from the SGD network's seed
+(:func:`~shallow_collapse.model.network_seed`). The network is the AK's: width ``h``, priors
+``sigw2``, ``siga2``, noise ``sig2``, scalar targets y (MATH section 1), no bias.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..data import draw_seed
+from ..devices import resolve_device
+from ..model import seed_int
+from ..params import EoSParams, NetworkParams, PosteriorParams
+from ..posterior import sample_posterior
+from . import limiting_kernels as limiting_kernels_experiment
+
+__all__ = ["evaluate_cell", "chain_seeds", "prior_network_config", "METHODS"]
+
+METHODS = ("posterior", "nngp")
+
+
+def chain_seeds(seed: int, class_sizes, d: int, repeat: int, chains: int) -> list[int]:
+    """Seeds of the ``chains`` chains of one draw: a function of (seed, class sizes, d, repeat) only,
+    disjoint from the data stream (child 0 of the draw's seed) and from the SGD network's seed."""
+    return [seed_int(s) for s in draw_seed(seed, class_sizes, d, repeat).spawn(2)[1].spawn(chains)]
+
+
+def prior_network_config(cfg: dict) -> dict:
+    """``cfg`` with the network keys of the EoS prior in the convention of MATH section 2:
+    sw^2 = sigw2, so^2 = siga2, no bias, one hidden layer (its NNGP is the AK's starting kernel)."""
+    return {**cfg, "L": 2, "hidden_weight_std": math.sqrt(cfg["sigw2"]),
+            "final_weight_std": math.sqrt(cfg["siga2"]), "bias_std": 0.0}
+
+
+def _row(repeat: int, result) -> dict:
+    value = result.log10_nc1
+    return {"method": "posterior", "repeat": repeat, "nc1": 10**value if math.isfinite(value) else math.nan,
+            "status": result.status, "message": result.message, "se_log10_nc1": result.se_log10_nc1,
+            "sigma_trace": result.sigma_trace, "se_sigma_trace": result.se_sigma_trace,
+            "readout_sq_norm": result.a2, "rhat": result.rhat, "ess": result.ess, "acceptance": result.acceptance,
+            "step_size": result.eps, "steps": result.steps, "seconds": round(result.seconds, 3)}
+
+
+def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
+    """Rows ``posterior`` (NC1 of the posterior-averaged kernel E[K_W], :func:`sample_posterior`) and
+    ``nngp`` (of the EoS prior) per repeat of ``cell``. All chains of all repeats run as one batch
+    in float64 on the config's ``device``. A numerical failure is a status (nan, not_converged,
+    error), never an exception."""
+    eos, params = EoSParams.from_config(cfg), PosteriorParams.from_config(cfg)
+    labels = datasets[0].labels
+    device = resolve_device(cfg["device"])
+    X = torch.stack([ds.X for ds in datasets]).to(device, torch.float64)
+    Y = torch.stack([ds.y for ds in datasets]).to(device, torch.float64).unsqueeze(-1)
+    seeds = [s for r in cell.repeats
+             for s in chain_seeds(cfg["seed"], cell.class_sizes, cell.in_features, r, params.chains)]
+    phi = NetworkParams.from_config(cfg).act.phi
+    try:
+        results = sample_posterior(X, Y, labels.to(device), phi, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
+                                   h=eos.h, params=params, seeds=seeds)
+        rows = [_row(r, res) for r, res in zip(cell.repeats, results)]
+    except (RuntimeError, FloatingPointError, ValueError) as exc:  # e.g. out of memory
+        message = " ".join(str(exc).split())[:300]
+        rows = [{"method": "posterior", "repeat": r, "nc1": math.nan, "status": "error", "message": message}
+                for r in cell.repeats]
+    nngp = limiting_kernels_experiment.evaluate_cell(prior_network_config(cfg), cell, datasets)
+    return rows + [row for row in nngp if row["method"] == "nngp"]

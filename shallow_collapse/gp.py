@@ -73,7 +73,7 @@ def gp_likelihood(F: torch.Tensor, Y: torch.Tensor, scale: float, sig2: float) -
         L, ok = _cholesky(A)
         Z = torch.linalg.solve_triangular(L, F.transpose(-1, -2) @ Y, upper=False)  # L_A^{-1} F^T Y
         quad = (Y.pow(2).sum((-1, -2)) - scale * Z.pow(2).sum((-1, -2))) / sig2
-        logdet = (N - h) * math.log(sig2) + _logdet(L)
+        logdet = (N - h) * (math.log(sig2) if sig2 > 0 else math.nan) + _logdet(L)
     return GPLikelihood(_masked(quad, ok), _masked(logdet, ok), ok)
 
 

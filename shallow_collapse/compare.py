@@ -46,7 +46,8 @@ DATA_KEYS = ("seed", "training_data_cls", "num_classes", "class_means", "class_s
 NOT_SETTING = ("job", *DATA_KEYS, "N_list", "class_sizes_list", "in_features_list", "repeat")
 # Config scopes a method's numbers do not depend on (the NNGP of an FCN sweep is the NNGP of the
 # kernel sweep whatever the learning rate); every other key of a sweep's setting counts for it.
-METHOD_IGNORES = {"nngp": ("fcn",), "ntk": ("fcn",), "fcn": ("ak",), "ak": ("fcn",)}
+METHOD_IGNORES = {"nngp": ("fcn", "posterior"), "ntk": ("fcn", "posterior"), "fcn": ("ak", "posterior"),
+                  "ak": ("fcn", "posterior"), "posterior": ("fcn",)}
 PAIR_COLUMNS = ["pair", "N", "class_sizes", "in_features", "repeat", "diff_log10_nc1", "diff_log10_rel_nc1"]
 PAIR_SUMMARY_COLUMNS = ["pair", "N", "class_sizes", "in_features", "n", "mean_diff_log10_nc1",
                         "stderr_diff_log10_nc1", "mean_diff_log10_rel_nc1", "stderr_diff_log10_rel_nc1"]
@@ -193,8 +194,8 @@ def _pairs(methods) -> list[tuple[str, str]]:
     pairs = [(m, "nngp") for m in methods if m != "nngp" and "nngp" in methods]
     if "ak" in methods and "fcn" in methods:
         pairs.append(("ak", "fcn"))
-    # the posterior network against the AK that describes it and against its own MAP point
-    pairs += [(m, "langevin") for m in ("ak", "map") if m in methods and "langevin" in methods]
+    if "ak" in methods and "posterior" in methods:  # the AK against the posterior network it describes
+        pairs.append(("ak", "posterior"))
     return pairs
 
 
@@ -213,7 +214,7 @@ def labelled_pairs(methods: dict) -> list[tuple[str, str]]:
 
 def paired_differences(rows, methods: dict | None = None) -> list[dict]:
     """Per draw: log10 NC1 (and relative NC1) of method a minus method b, for the pairs of
-    :func:`labelled_pairs` (every method - nngp, ak - fcn, ak - langevin, map - langevin, each setting - the first setting of its
+    :func:`labelled_pairs` (every method - nngp, ak - fcn, ak - posterior, each setting - the first setting of its
     method); only draws where both statuses are ok. Without ``methods`` (``merge``'s report),
     every method of ``rows`` is its own base with one setting."""
     index = {(r["method"], r["class_sizes"], r["in_features"], r["repeat"]): r for r in rows}

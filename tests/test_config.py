@@ -26,7 +26,6 @@ BAD = [  # (keys written to the config, override, words the one-line message mus
     ({}, "repeat", ["override 'repeat'", "key=value"]),
     ({"f_tol": 1e-6}, None, ["'f_tol'", "retired", "rtol"]),
     ({"annealing_factors": [1e4, 1e5, 500]}, None, ["'annealing_factors'", "strictly decreasing"]),
-    ({"h": 1000}, None, ["'annealing_factors'", "no smaller than h=1000"]),
     ({"seed": -1}, None, ["'seed'", "a non-negative integer"]),
     ({"in_features_list": [1, 0]}, None, ["'in_features_list'", "a list of positive integers"]),
     ({}, "f_tol=5e-4", ["'f_tol'", "retired", "rtol"]),
@@ -149,3 +148,12 @@ def test_adaptive_kernels_script_refuses_a_negative_sigw2(write_config, out_root
                            "--out", str(out_root)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "'sigw2'" in proc.stderr, proc.stderr
     assert not out_root.exists()
+
+
+def test_a_schedule_ending_below_h_is_refused_only_by_the_jobs_that_anneal(write_config, out_root, refused):
+    """The AK's annealing_factors must end at or above h; the limiting kernels (and the posterior
+    network, tests/experiments/test_posterior.py) do not read the schedule and run."""
+    path = write_config(h=1000)
+    refused(lambda: main("adaptive_kernels_bulk_balanced", [str(path), "--out", str(out_root)]),
+            "'annealing_factors'", "no smaller than h=1000")
+    assert main("limiting_kernels_bulk_balanced", [str(path), "--out", str(out_root)]) == 0

@@ -54,5 +54,5 @@ def test_leaky_relu_slope_enters_the_hash_only_of_leaky_relu_runs():
         cfg = load_config(f"configs/{name}.yml")
         assert "leaky_relu_slope" not in JOBS[name].keys_for(cfg)
         assert "leaky_relu_slope" in JOBS[name].keys_for({**cfg, "activation": "leaky_relu"})
-    cfg = load_config("configs/fcn_bulk_balanced.yml", ["optimizer=langevin", "activation=leaky_relu"])
-    assert "leaky_relu_slope" in JOBS["fcn_bulk_balanced"].keys_for(cfg)
+    cfg = load_config("configs/posterior_bulk_balanced.yml", ["activation=leaky_relu"])
+    assert "leaky_relu_slope" in JOBS["posterior_bulk_balanced"].keys_for(cfg)

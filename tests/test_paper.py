@@ -165,10 +165,10 @@ def test_unusable_out_is_refused_with_one_line(tmp_path, capsys):
 def test_bad_matched_study_config_stops_before_any_work(tmp_path, capsys):
     config, matched = tmp_path / "paper.yml", tmp_path / "matched.yml"
     config.write_text(yaml.safe_dump(SHARED))
-    matched.write_text(yaml.safe_dump({"langevin_stepp": 0.5}))
+    matched.write_text(yaml.safe_dump({"posterior_stepp": 0.5}))
     assert main([str(config), "--out", str(tmp_path / "out"), "--configs", str(CONFIGS), "--matched", str(matched)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "langevin_stepp" in err and "langevin_step" in err
+    assert len(err.splitlines()) == 1 and "posterior_stepp" in err and "posterior_step" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -10,11 +10,11 @@ from shallow_collapse.eos import solve_eos
 from shallow_collapse.experiments import adaptive_kernel, fcn, limiting_kernels
 from shallow_collapse.kernels import limiting_kernels_nc1
 from shallow_collapse.model import FCNEnsemble, network_seed
-from shallow_collapse.params import EoSParams, LangevinParams, NetworkParams, ProbeParams, SGDParams
+from shallow_collapse.params import EoSParams, PosteriorParams, NetworkParams, ProbeParams, SGDParams
 from shallow_collapse.sweeps import Cell, cell_datasets
 from shallow_collapse.training import make_targets, train
 
-GROUPS = (NetworkParams, EoSParams, SGDParams, LangevinParams, ProbeParams)
+GROUPS = (NetworkParams, EoSParams, SGDParams, PosteriorParams, ProbeParams)
 
 
 def test_defaults_are_the_papers():

@@ -139,14 +139,10 @@ def shipped_hashes() -> dict:
         if path.stem in JOBS:
             cfg = load_config(path, defaults={"name": path.stem})
             hashes[path.name] = run_hash(cfg, path.stem, JOBS[path.stem].keys_for(cfg))
-        elif path.stem == "matched_study":  # one FCN-langevin and one AK sweep per (h, sig2)
-            hashes[path.name] = {}
-            for point in matched_study.plan(load_config(path)):
-                for job in matched_study.SWEEPS:
-                    cfg = load_config(path, [f"{k}={json.dumps(v)}" for k, v in point[job].items()],
-                                      defaults={"name": job})
-                    hashes[path.name][f"{job} h={point['h']} sig2={point['sig2']}"] = run_hash(
-                        cfg, job, JOBS[job].keys_for(cfg))
+        elif path.stem.startswith("matched_study"):  # per activation: the posterior, AK and SGD FCN sweeps
+            _, points = matched_study.plan(path)
+            hashes[path.name] = {f"{job} activation={p['activation']}": digest
+                                 for p in points for job, digest in p["hashes"].items()}
         else:
             _, _, sweeps = plan(path)
             hashes[path.name] = {"study": study_hash(sweeps), **{job: e["hash"] for job, e in sweeps.items()}}

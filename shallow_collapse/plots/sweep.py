@@ -11,7 +11,7 @@ from . import save_figure
 __all__ = ["plot_sweep", "group_label", "draw_band", "d_axis", "METHOD_LABELS", "PANELS"]
 
 METHOD_LABELS = {"nngp": "NNGP", "ntk": "NTK", "fcn": "FCN", "ak": "Adaptive kernel",
-                 "langevin": "Posterior network (Langevin)", "map": "MAP network (noise-free descent, matched prior)"}
+                 "posterior": "Posterior network (readout integrated out, exact MCMC)"}
 PANELS = (("mean_log10_nc1", "std_log10_nc1", r"$\log_{10}$ NC1"),
           ("mean_log10_rel_nc1", "std_log10_rel_nc1", r"relative NC1: $\log_{10}$(NC1 / NC1(X))"))
 

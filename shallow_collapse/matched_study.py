@@ -147,7 +147,8 @@ def run_study(config, overrides=(), out_root="out", command=()) -> Path:
     for point in points:
         point["folders"], point["rows"] = {}, {}
         for job in SWEEPS:
-            outcome = cli.run_job(job, [str(config), *point["overrides"], "--out", str(out_root)])
+            argv = [str(config), *point["overrides"], format_override("name", job), "--out", str(out_root)]
+            outcome = cli.run_job(job, argv)
             if outcome.code == 130:
                 raise KeyboardInterrupt
             if outcome.code != 0:

@@ -92,5 +92,6 @@ def test_a_tiny_study_writes_its_tables_figure_page_and_index_entry(write_config
     assert "torch" in study["versions"] and set(study["sweeps"][0]["folders"]) == {
         "posterior_bulk_balanced", "adaptive_kernels_bulk_balanced", "fcn_bulk_balanced"}
     assert (folder / "plots" / "matched_nc1.png").is_file() and (folder / "report.html").is_file()
-    assert f"matched_study/{folder.name}" in (out_root / "index.html").read_text()
+    assert f"{folder.parent.name}/{folder.name}" in (out_root / "index.html").read_text()
+    assert {p.name for p in out_root.iterdir() if p.is_dir()} >= set(study["sweeps"][0]["folders"])
     assert run_study(path, out_root=out_root) == folder  # a rerun resumes into the same folder

@@ -103,8 +103,8 @@ class PosteriorParams(_Group):
     proposal: str = "pcnl"
     step: float = 0.2
     target_acceptance: float = 0.574
-    burn_in: int = 1000
-    samples: int = 1000
+    burn_in: int = 2000
+    samples: int = 2000
     thin: int = 2
     chains: int = 4
     rhat_max: float = 1.1

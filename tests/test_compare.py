@@ -140,3 +140,21 @@ def test_erf_and_relu_sweeps_are_labelled_methods_with_their_pairs(write_config,
     assert len(record["pairs"]) == 4
     assert {r["method"] for r in read_table(path / "summary.csv")} == labels
 
+
+
+@pytest.mark.slow
+def test_the_posterior_sweep_compares_like_the_others(write_config, tmp_path, capsys):
+    """A posterior sweep beside an AK sweep of the same keys: rows paired as ak - posterior and
+    posterior - nngp, and the two sweeps' NNGP (both of the EoS prior) are one method."""
+    keys = ["h=8", "sig2=0.05", "annealing_factors=[100.0]", "posterior_burn_in=50", "posterior_samples=50",
+            "posterior_chains=2", "posterior_ess_min=0", "N_list=[16]", "in_features_list=[2]"]
+    folders = []
+    for job in ("posterior_bulk_balanced", "adaptive_kernels_bulk_balanced"):
+        out = tmp_path / job
+        assert main(job, [str(write_config()), *keys, "--out", str(out)]) == 0
+        folders.append(next((out / "tiny").iterdir()))
+    assert compare_main([*map(str, folders), "--out", str(tmp_path / "cmp")]) == 0
+    path = tmp_path / "cmp" / "compare" / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    pairs = {d["pair"] for d in read_table(path / "paired_differences.csv")}
+    assert {"ak-posterior", "posterior-nngp", "ak-nngp"} <= pairs, pairs
+    assert merge(folders)[1]["duplicate_max_rel_diff"]["nngp"] < 1e-12

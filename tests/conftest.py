@@ -170,3 +170,11 @@ def assert_slope_is_a_central_difference(X, y, S, chi, params, activation, grad,
     minus, _ = eos.action(X, y, S - eps * D, chi, params, activation=activation)
     slope = float((grad * D).sum())
     assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
+
+
+def solve_round_off(N: int, kappa: float, c: float = 1.0) -> float:
+    """Relative error bound ``c N eps kappa`` of a backward-stable solve (Cholesky or LU) with an
+    N x N matrix of condition number ``kappa``: the factorisation is exact for M + E with
+    ||E|| <= c N eps ||M|| (Higham, Thm 10.3/10.4), and c ~ 1 normwise in practice."""
+    import torch
+    return c * N * torch.finfo(torch.float64).eps * kappa

@@ -9,7 +9,7 @@ import torch
 
 from shallow_collapse import activations, data, eos
 
-from conftest import assert_slope_is_a_central_difference
+from conftest import assert_slope_is_a_central_difference, solve_round_off
 from eos_cases import dense_action, paper, paper_data, random_sigma, reference_q_g, reference_state
 
 
@@ -107,7 +107,7 @@ def _action_round_off(X, y, S, chi, params):
     N = len(y)
     M = params["siga2"] * activations.kernel_phi(X @ S @ X.T, params["activation"]) \
         + params["sig2"] * torch.eye(N, dtype=torch.float64)
-    rel = N * torch.finfo(torch.float64).eps * float(torch.linalg.cond(M))
+    rel = solve_round_off(N, float(torch.linalg.cond(M)))
     q = float(y @ torch.linalg.solve(M, y))
     d = S.shape[0]
     prior = 0.5 * chi * ((d / params["sigw2"]) * float(torch.trace(S)) + abs(float(torch.linalg.slogdet(S)[1])))

@@ -370,6 +370,7 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
     best, best_rel = start, rel
     for stop_at in (max(rtol, tol.POLISH_FROM), rtol):
         state, rel, its, msg = _lbfgs(ev, chi, state, stop_at=stop_at, maxiter=maxiter)
+        msg_lbfgs = msg
         iterations += its
         messages += [msg] if msg else []
         if rel <= rtol:
@@ -386,7 +387,8 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
         candidates = [(state, rel), (polished, rel_p)] if stayed else [(state, rel)]
         best, best_rel = min([(best, best_rel), *candidates], key=lambda c: c[1])
-        if stop_at != rtol:
+        # (Not when L-BFGS-B merely spent its budget, scipy's "...LIMIT" stops: maxiter is the caller's.)
+        if stop_at != rtol and "LIMIT" not in msg_lbfgs:
             # The first round stalled (the line search can stop short of the minimum where S is
             # flat to float64 along its direction): Newton steps on the exact gradient from the
             # best point, then the second round starts from where they ended.

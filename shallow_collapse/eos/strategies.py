@@ -270,6 +270,93 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
     return track["state"], track["rel"], track["iterations"], message
 
 
+def _newton(gradient, x0: np.ndarray, g0: np.ndarray, *, step: float, maxiter: int, accept: float,
+            stop=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Newton's method on a gradient field: at ``x``, the Hessian by forward differences of
+    ``gradient`` with step ``step`` along each coordinate (symmetrised), then the full step
+    ``-H^{-1} g``, taken only when the gradient norm there is at most ``accept`` times the current
+    one. Ends at ``maxiter`` steps, at the first rejected step, when H is singular or
+    ``gradient`` returns None (an unusable point), or when ``stop(x, g)`` is true.
+
+    ``gradient(x) -> ndarray | None``; ``x0`` with its gradient ``g0``. Returns ``(x, g, steps)``:
+    the last accepted point, its gradient and the number of accepted steps."""
+    x, g, n = np.array(x0, dtype=np.float64), np.array(g0, dtype=np.float64), len(x0)
+    for taken in range(maxiter):
+        if stop is not None and stop(x, g):
+            return x, g, taken
+        H = np.empty((n, n))
+        for k in range(n):
+            e = np.zeros(n)
+            e[k] = step
+            g_k = gradient(x + e)
+            if g_k is None:
+                return x, g, taken
+            H[:, k] = (g_k - g) / step
+        try:
+            p = np.linalg.solve(0.5 * (H + H.T), -g)
+        except np.linalg.LinAlgError:
+            return x, g, taken
+        g_new = gradient(x + p)
+        if g_new is None or not np.linalg.norm(g_new) <= accept * np.linalg.norm(g):
+            return x, g, taken
+        x, g = x + p, g_new
+    return x, g, maxiter
+
+
+def _newton_polish(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol: float) -> tuple[EoSState, int]:
+    """Newton steps on the exact gradient of S from ``start``, with a finite-difference Hessian,
+    in coordinates whitened by ``start``: ``Sigma = L0 (I + sum_k z_k B_k) L0^T``, ``L0`` the
+    Cholesky factor of ``start.Sigma``, ``B_k`` an orthonormal basis of the symmetric d x d
+    matrices (so the KL term's curvature is chi/2 along every coordinate at ``z = 0``). A step is
+    taken only where the gradient norm falls by ``NEWTON_ACCEPT`` (:func:`_newton`); the polish
+    stops at ``rel_residual <= rtol``. Only for d (d + 1) / 2 <= ``NEWTON_MAX_UNKNOWNS`` (each
+    Hessian costs that many evaluations). Returns ``(state, iterations)``: the last accepted point
+    (``start`` when none was)."""
+    d = ev.d
+    n = d * (d + 1) // 2
+    if n > tol.NEWTON_MAX_UNKNOWNS:
+        return start, 0
+    rows, cols = torch.tril_indices(d, d, device=ev.device)
+    weight = torch.where(rows == cols, 1.0, math.sqrt(0.5)).to(torch.float64)  # B_k: E_ii, (E_ij + E_ji)/sqrt2
+    L0 = torch.linalg.cholesky(start.Sigma)
+    eye = torch.eye(d, dtype=torch.float64, device=ev.device)
+    states: dict[bytes, EoSState] = {}
+
+    def sigma(z: np.ndarray) -> torch.Tensor:
+        Z = torch.zeros(d, d, dtype=torch.float64, device=ev.device)
+        Z[rows, cols] = torch.as_tensor(z, dtype=torch.float64, device=ev.device) * weight
+        Z = eye + Z + torch.tril(Z, -1).T
+        return L0 @ Z @ L0.T
+
+    def coordinates(state: EoSState) -> np.ndarray:
+        Gw = L0.T @ ev.action_gradient(state, chi) @ L0  # dS = Tr(Gw dZ)
+        return (Gw[rows, cols] * weight * torch.where(rows == cols, 1.0, 2.0)).cpu().numpy()
+
+    def gradient(z: np.ndarray):
+        S = sigma(z)
+        if not _is_pd(S):
+            return None
+        try:
+            st = ev.state(0.5 * (S + S.T))
+        except EvaluationError:
+            return None
+        g = coordinates(st)
+        if not np.all(np.isfinite(g)):
+            return None
+        states[z.tobytes()] = st
+        return g
+
+    z0 = np.zeros(n)
+    states[z0.tobytes()] = start
+
+    def stop(z, g):
+        return ev.rel_residual(states[z.tobytes()], chi) <= rtol
+
+    z, _, iterations = _newton(gradient, z0, coordinates(start), step=tol.NEWTON_FD_STEP,
+                               maxiter=tol.NEWTON_MAXITER, accept=tol.NEWTON_ACCEPT, stop=stop)
+    return states[z.tobytes()], iterations
+
+
 def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxiter, **_):
     """Least action at ``chi`` from ``start``: L-BFGS on S down to ``POLISH_FROM``, then Anderson
     polishing to ``rtol``; if the polish fails, L-BFGS again from the best point to its own stop
@@ -283,6 +370,7 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
     best, best_rel = start, rel
     for stop_at in (max(rtol, tol.POLISH_FROM), rtol):
         state, rel, its, msg = _lbfgs(ev, chi, state, stop_at=stop_at, maxiter=maxiter)
+        msg_lbfgs = msg
         iterations += its
         messages += [msg] if msg else []
         if rel <= rtol:
@@ -299,6 +387,22 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
         candidates = [(state, rel), (polished, rel_p)] if stayed else [(state, rel)]
         best, best_rel = min([(best, best_rel), *candidates], key=lambda c: c[1])
+        # (Not when L-BFGS-B merely spent its budget, scipy's "...LIMIT" stops: maxiter is the caller's.)
+        if stop_at != rtol and "LIMIT" not in msg_lbfgs:
+            # The first round stalled (the line search can stop short of the minimum where S is
+            # flat to float64 along its direction): Newton steps on the exact gradient from the
+            # best point, then the second round starts from where they ended.
+            e0 = ev.evaluations
+            newton, its = _newton_polish(ev, chi, best, rtol=rtol)
+            iterations += its
+            rel_n = ev.rel_residual(newton, chi)
+            stayed = ev.action(newton, chi) <= ev.action(best, chi) + tol.POLISH_ACTION_RISE * abs(ev.action(best, chi))
+            if rel_n <= rtol and stayed:
+                return newton, rel_n, iterations, True, "", math.nan
+            if its:
+                messages.append(f"newton: {its} steps, {ev.evaluations - e0} evaluations, rel_residual {rel_n:.3g}")
+            if stayed and rel_n < best_rel:
+                best, best_rel, state = newton, rel_n, newton
     noise = math.nan
     if best_rel <= tol.POLISH_FROM:
         noise = noise_floor(ev, best, chi)

@@ -22,6 +22,23 @@ POLISH_BETA = 1.0
 POLISH_STALL = 10
 # Secant pairs in the polishing memory: d (d + 1) / 2, the number of unknowns, at most this (chosen).
 POLISH_MEMORY_MAX = 10
+# Newton polish (strategies._newton_polish), run only after a first L-BFGS + Anderson round
+# stalled. Forward-difference step of the Hessian in whitened coordinates (relative change of
+# Sigma): the Hessian's relative error is about noise / step (noise: the float64 noise of the
+# gradient relative to chi, 6e-8..8e-5 measured at ReLU sig2 = 1e-6) plus step (truncation: the
+# third derivatives of the KL term are O(1) in these coordinates); 1e-3 keeps both <= 0.1, so the
+# Newton iteration still contracts by about 10x per step where the noise is largest.
+NEWTON_FD_STEP = 1e-3
+# A step is taken only where the gradient norm falls to at most this factor of the current one
+# (chosen: a halving, as ANDERSON_STALL_FACTOR; a Newton step with a Hessian 10% off divides it by
+# about 10, while a step that only moves within the noise floor rarely halves it).
+NEWTON_ACCEPT = 0.5
+# Newton steps at most (chosen: at a 10x contraction per step, 8 steps take a residual from 1e-1
+# to below rtol = 1e-8; quadratic convergence near the minimum needs fewer).
+NEWTON_MAXITER = 8
+# Each Hessian costs d (d + 1) / 2 evaluations; the polish runs only up to this many unknowns
+# (d <= 8: 36 evaluations per step, about the cost of a first L-BFGS round there).
+NEWTON_MAX_UNKNOWNS = 36
 # L-BFGS-B: corrections kept and the function-evaluation budget per iteration (scipy's own
 # defaults are 10 and 15000; chosen so one round costs at most ~2 evaluations per iteration).
 LBFGS_CORRECTIONS = 10

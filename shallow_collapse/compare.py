@@ -31,6 +31,7 @@ import yaml
 
 from .cli import finish
 from .config import PLOT_FORMATS, SCHEMA
+from .data import identity as data_identity
 from .index import update_index
 from .plots import figure_formats
 from .plots.compare import plot_comparison
@@ -40,7 +41,8 @@ from .sweeps import RESULT_COLUMNS, SUMMARY_COLUMNS, read_table, summarise, writ
 
 __all__ = ["CompareError", "load_sweep", "merge", "paired_differences", "paired_summary", "grid_kind", "main"]
 
-DATA_KEYS = ("seed", "training_data_cls", "num_classes", "class_means", "class_stds", "tau")
+DATA_KEYS = ("seed", "training_data_cls", "num_classes", "class_means", "class_stds", "data_path", "data_classes",
+             "data_scale", "data_sha256", "tau")
 # Keys of a run hash that are not a method's setting: the data (checked equal) and the grid
 # (checked through the rows), and the job itself.
 NOT_SETTING = ("job", *DATA_KEYS, "N_list", "class_sizes_list", "in_features_list", "repeat")
@@ -154,9 +156,10 @@ def merge(folders) -> tuple[list[dict], dict]:
     loaded = [load_sweep(f) for f in folders]
     (cfg0, rows0), *others = loaded
     for folder, (cfg, rows) in zip(folders[1:], others):
-        for key in DATA_KEYS:
-            if cfg.get(key) != cfg0.get(key):
-                raise CompareError(f"{folder}: {key} is {cfg.get(key)!r}, but {folders[0]} has {cfg0.get(key)!r}")
+        mine, first = data_identity(cfg), data_identity(cfg0)  # the keys of each one's data source
+        for key in dict.fromkeys([*first, *mine]):
+            if mine.get(key) != first.get(key):
+                raise CompareError(f"{folder}: {key} is {mine.get(key)!r}, but {folders[0]} has {first.get(key)!r}")
         if _grid(rows) != _grid(rows0):
             raise CompareError(f"{folder}: its grid (class sizes x d x repeats) differs from {folders[0]}'s")
     settings = [sweep_setting(f, cfg) for f, (cfg, _) in zip(folders, loaded)]

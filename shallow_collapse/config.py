@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .data import DATA_CLASSES
+from . import data as data_sources
+from .data import DATA_CLASSES, SOURCES as DATA_SOURCES
 from . import activations
 from .eos import STRATEGIES as EOS_STRATEGIES
 from .params import EoSParams, PosteriorParams, NetworkParams, ProbeParams, SGDParams
@@ -97,11 +98,23 @@ SCHEMA: dict[str, Key] = {
     "name": Key("run", "str", "run", "run folder name under the output root: OUT/<name>/<hash>/"),
     "seed": Key(0, "int", "data", "root seed; every draw (data, network init, shuffling) derives from it", bound=NON_NEGATIVE_INT),
     # data (MATH section 1)
-    "training_data_cls": Key("GaussiandD2NL", "|".join(DATA_CLASSES), "data",
-                             "Gaussian class data: GaussiandD2NL (2 classes) or GaussiandD4NL (4 classes)"),
-    "num_classes": Key(2, "int", "data", "number of classes C (must match training_data_cls)"),
-    "class_means": Key([-2.0, 2.0], "list[float]", "data", "per-class mean m_c, broadcast over all d coordinates"),
-    "class_stds": Key([0.5, 0.5], "list[float]", "data", "per-class standard deviation s_c", bound=NON_NEGATIVE),
+    "training_data_cls": Key("GaussiandD2NL", "|".join([*DATA_CLASSES, *DATA_SOURCES]), "data",
+                             "the data: Gaussian classes GaussiandD2NL (2 classes) or GaussiandD4NL (4 classes); "
+                             "file (the .npz at data_path) or digits (scikit-learn's 8x8 digits); see docs/GUIDE.md, "
+                             "'Your own data'"),
+    "num_classes": Key(2, "int", "data", "number of classes C (must match training_data_cls; file and digits: "
+                       "the number of kept classes, data_classes)"),
+    "class_means": Key([-2.0, 2.0], "list[float]", "data", "Gaussian data: per-class mean m_c, broadcast over all d coordinates"),
+    "class_stds": Key([0.5, 0.5], "list[float]", "data", "Gaussian data: per-class standard deviation s_c", bound=NON_NEGATIVE),
+    # data of a file or of scikit-learn's digits (data.py): a pool of kept classes, PCA to d, scaled
+    "data_path": Key(None, "str", "data", "training_data_cls file: an .npz holding X (n x D, real) and labels "
+                     "(n, integers); relative to the working directory"),
+    "data_classes": Key(None, "list[int]", "data", "file, digits: the labels kept, in class order ([3, 8] makes "
+                        "3 class 0); default every label, sorted"),
+    "data_scale": Key(2.0, "float", "data", "file, digits: the pool, projected on its top-d principal components, "
+                      "is scaled so that its mean |x|^2 / d is data_scale^2 (bench/data_scale.py)", bound=POSITIVE),
+    "data_sha256": Key(None, "str", "data", "derived, file: SHA-256 of data_path's content (enters the run hash, "
+                       "so an edited file starts a new run); leave it out"),
     "tau": Key(1e-8, "float", "data", "regulariser of relative NC1: log10(NC1(H) / (NC1(X) + tau))", bound=NON_NEGATIVE),
     # single runs
     "N": Key(1024, "int", "single", "number of samples (single runs)", bound=POSITIVE_INT),
@@ -312,10 +325,7 @@ def _check(cfg: dict) -> None:
     _require(all(a in activations.ACTIVATIONS for a in cfg["activation_list"]), "activation_list",
              "activations among " + ", ".join(sorted(activations.ACTIVATIONS)), cfg["activation_list"])
     C = cfg["num_classes"]
-    implied = DATA_CLASSES[cfg["training_data_cls"]]
-    _require(C == implied, "num_classes", f"{implied} for training_data_cls {cfg['training_data_cls']}", C)
-    for key in ("class_means", "class_stds"):
-        _require(len(cfg[key]) == C, key, f"a list of num_classes={C} numbers", cfg[key])
+    _check_data(cfg)
     _require(cfg["workers"] == "auto" or cfg["workers"] >= 1, "workers", "auto or a positive integer", cfg["workers"])
     _require(cfg["out_features"] in (1, C), "out_features", f"1 or num_classes={C}", cfg["out_features"])
     if cfg["class_sizes"] is None:
@@ -334,6 +344,23 @@ def _check(cfg: dict) -> None:
     for sizes in cfg["class_sizes_list"]:
         _check_sizes(sizes, "class_sizes_list", C)
     _check_schedule(cfg)
+
+
+def _check_data(cfg: dict) -> None:
+    """The data keys: Gaussian classes fix num_classes and need a mean and a std per class (they are
+    not refused when the data are a file or the digits, and not hashed there); a file or the digits
+    are read and checked here, before any work (data.check_source)."""
+    C = cfg["num_classes"]
+    if cfg["training_data_cls"] in DATA_CLASSES:
+        implied = DATA_CLASSES[cfg["training_data_cls"]]
+        _require(C == implied, "num_classes", f"{implied} for training_data_cls {cfg['training_data_cls']}", C)
+        for key in ("class_means", "class_stds"):
+            _require(len(cfg[key]) == C, key, f"a list of num_classes={C} numbers", cfg[key])
+    _require(C >= 2, "num_classes", "at least 2 classes", C)
+    try:
+        data_sources.check_source(cfg)
+    except data_sources.DataError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_schedule(cfg: dict) -> None:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from . import memory
+from . import data, memory
 from .config import SCHEMA, ConfigError, show
 from .experiments import adaptive_kernel, fcn, limiting_kernels, posterior
 from .plots.sweep import plot_sweep
-from .sweeps import run_sweep
+from .sweeps import grid_groups, run_sweep
 
 __all__ = ["Job", "JOBS"]
 
@@ -30,8 +30,11 @@ class Job:
 
     def keys_for(self, cfg: dict) -> tuple:
         """The keys that enter the run hash of ``cfg``: ``keys``, less ``leaky_relu_slope`` unless
-        the activation is leaky_relu (no other activation reads it)."""
-        return tuple(k for k in self.keys if k != "leaky_relu_slope" or cfg["activation"] == "leaky_relu")
+        the activation is leaky_relu (no other activation reads it), less the data keys of the other
+        data sources (:func:`data.unused_keys`: Gaussian runs hash exactly the keys they always did)."""
+        unused = data.unused_keys(cfg)
+        return tuple(k for k in self.keys if (k != "leaky_relu_slope" or cfg["activation"] == "leaky_relu")
+                     and k not in unused)
 
 
 def keys_of(*scopes: str, drop=()) -> tuple:
@@ -56,12 +59,40 @@ AK_UNUSED = ("L", "bias_std", "hidden_weight_std", "final_weight_std")
 GRID_SCOPES = {"balanced": ("data", "grid", "grid_balanced"), "imbalanced": ("data", "grid", "grid_imbalanced")}
 
 
+def check_data_grid(cfg: dict, grid: str) -> None:
+    """A file or digits pool fills every cell of the sweep's grid, and d never exceeds it
+    (:func:`data.check_cells`); checked before any work, by the entry script and by paper.py's plan."""
+    try:
+        data.check_cells(cfg, grid_groups(cfg, grid), cfg["in_features_list"], GRID_KEYS[grid], "in_features_list")
+    except data.DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_data_single(cfg: dict) -> None:
+    """The pool fills a single run's class sizes and has at least its d components."""
+    try:
+        data.check_cells(cfg, [cfg["class_sizes"]], [cfg["in_features"]], "class_sizes", "in_features")
+    except data.DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _both(first: Callable, second: Callable) -> Callable:
+    def check(cfg: dict) -> None:
+        first(cfg)
+        second(cfg)
+    return check
+
+
+GRID_KEYS = {"balanced": "N_list", "imbalanced": "class_sizes_list"}
+
+
 def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple, grid: str, scopes: tuple,
               drop=(), check=_no_check) -> Job:
     """A sweep of ``evaluate`` (reporting ``methods``) over the ``grid`` cells, with sweep plots."""
     return Job(f"{description} ({grid} classes)", keys_of(*GRID_SCOPES[grid], *scopes, drop=drop),
                partial(run_sweep, evaluate=evaluate, grid=grid, methods=methods, plot=plot_sweep),
-               partial(memory.sweep_need, method=prefix, grid=grid), check)
+               partial(memory.sweep_need, method=prefix, grid=grid),
+               _both(check, partial(check_data_grid, grid=grid)))
 
 
 FCN_METHODS = ("fcn", "nngp", "ntk")
@@ -92,7 +123,8 @@ JOBS: dict[str, Job] = {  # every sweep, balanced and imbalanced
 }
 JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
                   keys_of("data", "single", "network", "fcn", "probe"), fcn.run,
-                  partial(memory.single_need, method="fcn"))
+                  partial(memory.single_need, method="fcn"), check_data_single)
 JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for one dataset and plot the continuation",
                                keys_of("data", "single", "network", "ak", drop=AK_UNUSED), adaptive_kernel.run,
-                               partial(memory.single_need, method="adaptive_kernels"), check_adaptive_kernel)
+                               partial(memory.single_need, method="adaptive_kernels"),
+                               _both(check_adaptive_kernel, check_data_single))

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from . import metrics
-from .data import Dataset, gaussian_data
+from .data import Dataset, draw
 from .devices import torch_threads
 from .executors import cell_executor, completed
 from .progress import cell_progress
@@ -74,9 +74,9 @@ def grid_cells(cfg: dict, grid: str) -> list[Cell]:
 
 
 def cell_datasets(cfg: dict, cell: Cell) -> list[Dataset]:
-    """The draws of ``cell``, one per repeat."""
-    return [gaussian_data(cell.class_sizes, cell.in_features, cfg["class_means"], cfg["class_stds"],
-                          cfg["seed"], r) for r in cell.repeats]
+    """The draws of ``cell``, one per repeat, from the config's data source (:func:`data.draw`):
+    what every method of the cell evaluates."""
+    return [draw(cfg, cell.class_sizes, cell.in_features, r) for r in cell.repeats]
 
 
 def _complete_row(row: dict, cfg: dict, cell: Cell, data_nc1: dict) -> dict:

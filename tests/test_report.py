@@ -75,7 +75,8 @@ def test_comparison_report(write_config, tmp_path, capsys):
     page = parse_report(folder)
     html = (folder / "report.html").read_text()
     # comparison figures come first, shown as SVG with a link to the PDF
-    assert [Path(unquote(s)).name for s in page.images] == ["compare_nc1.svg", "compare_rel_nc1.svg"]
+    assert [Path(unquote(s)).name for s in page.images] == ["compare_nc1.svg", "compare_rel_nc1.svg",
+                                                                 "compare_nc1_vs_n.svg"]  # balanced: N varies
     assert 'href="plots/compare_nc1.pdf"' in html and 'href="paired_summary.csv"' in html
     for f in folders:
         assert f in html  # the inputs are named (as text: they lie outside this folder)

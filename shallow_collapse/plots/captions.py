@@ -26,6 +26,8 @@ CAPTIONS = {
                    f"one panel per N or class-size tuple, {_BAND}.",
     "compare_rel_nc1": "Relative NC1, log10(NC1 / NC1(X)), against d of FCN, NNGP, NTK and the adaptive "
                        f"kernel on identical draws, one panel per N or class-size tuple, {_BAND}.",
+    "compare_nc1_vs_n": "log10 NC1 against the number of samples N of every method on identical draws, one "
+                        f"panel per input dimension d (balanced classes), {_BAND}.",
     # the matched study (plots/matched.py)
     **MATCHED_CAPTIONS,
     # one trained network (plots/fcn.py)

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from shallow_collapse import cli, data
+from shallow_collapse import cli, data, index
 from shallow_collapse.config import ConfigError, load_config, resolve
 from shallow_collapse.jobs import JOBS
 from shallow_collapse.kernels import limiting_kernels_nc1
@@ -166,6 +167,30 @@ def test_hash_follows_one_byte_of_the_file(tmp_path):
     except ConfigError:
         return  # the edited byte made the file unreadable: refused, never resumed into the old folder
     assert run_hash(other, job, JOBS[job].keys_for(other)) != h
+
+
+# -- run folders say which data they saw ----------------------------------------------------------------------
+
+def test_config_yaml_and_the_index_name_the_data_source(tmp_path, write_config):
+    path = _pool_file(tmp_path, "feats.npz")
+    digest = data.file_digest(path)
+    out = tmp_path / "out"
+    runs = {"digits[3,8]": {"training_data_cls": "digits", "data_classes": [3, 8]},
+            f"feats.npz@{digest[:12]}[4,2]": {"training_data_cls": "file", "data_path": path, "data_classes": [4, 2]},
+            "GaussiandD4NL": {"training_data_cls": "GaussiandD4NL", "num_classes": 4, "class_means": [-3, -1, 1, 3],
+                              "class_stds": [0.5] * 4, "N_list": [16], "class_sizes_list": [[4] * 4]}}
+    folders = {}
+    for label, keys in runs.items():
+        config = write_config(f"{len(folders)}.yml", **{"N_list": [8], "in_features_list": [2], "repeat": 1, **keys})
+        outcome = cli.run_job("limiting_kernels_bulk_balanced", [str(config), "--out", str(out)])
+        assert outcome.code == 0
+        text = (outcome.folder / "config.yaml").read_text()
+        assert text.splitlines()[0] == f"# data: {label}"
+        assert yaml.safe_load(text)["training_data_cls"] == keys["training_data_cls"]  # still the resolved config
+        folders[outcome.folder.name] = label
+    assert {e.hash: e.data for e in index.entries(out)} == folders
+    page = (out / "index.html").read_text()
+    assert all(f"<td>{label}</td>" in page for label in folders.values())
 
 
 # -- bad input: one line naming the key, exit 2, no folder ----------------------------------------------------

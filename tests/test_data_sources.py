@@ -193,6 +193,21 @@ def test_config_yaml_and_the_index_name_the_data_source(tmp_path, write_config):
     assert all(f"<td>{label}</td>" in page for label in folders.values())
 
 
+def test_keys_of_the_other_sources_are_accepted_and_not_hashed():
+    """class_means / class_stds with digits, data_scale with Gaussian data: not refused, not hashed."""
+    job = "limiting_kernels_bulk_balanced"
+
+    def digest(raw):
+        cfg = resolve(raw)
+        return run_hash(cfg, job, JOBS[job].keys_for(cfg))
+
+    digits = {"training_data_cls": "digits", "data_classes": [3, 8]}
+    assert digest({**digits, "class_means": [-5.0, 5.0], "class_stds": [3.0, 3.0]}) == digest(digits)
+    assert digest({**digits, "data_scale": 1.0}) != digest(digits)
+    assert digest({"data_scale": 7.0}) == digest({})
+    assert digest({"class_stds": [1.0, 1.0]}) != digest({})
+
+
 # -- bad input: one line naming the key, exit 2, no folder ----------------------------------------------------
 
 def _bad_files(tmp_path) -> dict:

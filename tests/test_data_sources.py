@@ -9,6 +9,7 @@ import yaml
 
 from shallow_collapse import cli, data, index
 from shallow_collapse.config import ConfigError, load_config, resolve
+from shallow_collapse.experiments import single_run_data
 from shallow_collapse.jobs import JOBS
 from shallow_collapse.kernels import limiting_kernels_nc1
 from shallow_collapse.params import NetworkParams
@@ -68,7 +69,6 @@ def test_every_method_of_a_cell_sees_the_same_indices():
     assert not torch.equal(first[0].index, first[1].index)
     for single in ("fcn", "adaptive_kernels"):
         cfg = load_config(f"configs/{single}.yml", [*keys, "N=32", "class_sizes=[20,12]", "in_features=8"])
-        from shallow_collapse.experiments import single_run_data
         assert torch.equal(single_run_data(cfg).index, first[0].index), single
 
 

@@ -30,7 +30,7 @@ from .executors import cell_executor, completed
 from .progress import cell_progress
 from .runs import Run, atomic_write_json, atomic_write_text, make_folder
 
-__all__ = ["Cell", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep",
+__all__ = ["Cell", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep", "log_cell",
            "read_table", "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
 
 RESULT_COLUMNS = ["method", "N", "class_sizes", "in_features", "repeat", "seed", "nc1", "log10_nc1",
@@ -154,7 +154,7 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
         failed = partial(failed_cell, cfg=cfg, methods=methods)
         for record in completed(pool, compute_cell, todo, cfg, evaluate, methods, on_error=failed):
             atomic_write_json(cells_dir / f"{record['cell']}.json", record)
-            _log_cell(run, record)
+            log_cell(run, record)
             advance()
     rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json", c)["rows"]]
     write_table(run.path / "results.csv", rows)
@@ -165,7 +165,7 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     return rows
 
 
-def _log_cell(run: Run, record: dict) -> None:
+def log_cell(run: Run, record: dict) -> None:
     rows = record["rows"]
     run.log.info("cell %s: %d rows in %.2f s", record["cell"], len(rows), record["seconds"])
     for r in rows:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from . import metrics
 from .data import Dataset, draw
@@ -75,8 +76,12 @@ def grid_cells(cfg: dict, grid: str) -> list[Cell]:
 
 def cell_datasets(cfg: dict, cell: Cell) -> list[Dataset]:
     """The draws of ``cell``, one per repeat, from the config's data source (:func:`data.draw`):
-    what every method of the cell evaluates."""
-    return [draw(cfg, cell.class_sizes, cell.in_features, r) for r in cell.repeats]
+    what every method of the cell evaluates. Every draw holds the same labels (class 0 first), so
+    the methods batch the repeats of a cell over one label vector."""
+    datasets = [draw(cfg, cell.class_sizes, cell.in_features, r) for r in cell.repeats]
+    if any(not torch.equal(ds.labels, datasets[0].labels) for ds in datasets):
+        raise ValueError(f"the draws of cell {cell.key} do not share their labels")
+    return datasets
 
 
 def _complete_row(row: dict, cfg: dict, cell: Cell, data_nc1: dict) -> dict:

@@ -8,6 +8,7 @@ import torch
 
 from conftest import assert_slope_is_a_central_difference, dense_action
 from shallow_collapse import activations, data, eos
+from shallow_collapse.eos.passes import generic, passes_for
 from shallow_collapse.kernel_maps import NumericalMaps
 from shallow_collapse.params import EoSParams
 
@@ -42,16 +43,18 @@ def test_numerical_path_matches_closed_forms(name, d):
     assert act.closed_form
     K = kernel_with_collinear_pairs(d)
     tol_f, tol_d, tol_g = TOL[name]
-    (F, Kd), (Fn, Kdn) = act.maps(K), act.numerical.maps(K)
+    (F, Kd), (Fn, Kdn) = act.kernel_map.maps(K), act.numerical.maps(K)
     assert rel_err(Fn, F) < tol_f and rel_err(Kdn, Kd) < tol_d
-    # The EoS derivatives: G = dTr(A Q)/dK for a random symmetric A, fused forms of both paths.
+    # The EoS derivatives: G = dTr(A Q)/dK for a random symmetric A, the EoS passes of both maps
+    # (fused for erf and ReLU).
     g = torch.Generator().manual_seed(1)
     A = torch.randn(K.shape, generator=g, dtype=torch.float64)
     A = A + A.T
-    Q, ctx = act.eos_q(K.clone(), K.diagonal().clone(), 0.5)
-    Qn, ctxn = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 0.5)
-    G, s = act.eos_g(A.clone(), ctx, 0.5)
-    Gn, sn = act.numerical.eos_g(A.clone(), ctxn, 0.5)
+    closed, numerical = passes_for(act.kernel_map), generic(act.numerical)
+    Q, ctx = closed.q(K.clone(), K.diagonal().clone(), 0.5)
+    Qn, ctxn = numerical.q(K.clone(), K.diagonal().clone(), 0.5)
+    G, s = closed.g(A.clone(), ctx, 0.5)
+    Gn, sn = numerical.g(A.clone(), ctxn, 0.5)
     assert rel_err(Qn, Q) < tol_f and rel_err(Gn * sn, G * s) < tol_g
 
 
@@ -67,8 +70,9 @@ def test_fused_gradient_is_the_derivative_of_kernel_phi(name, d):
     A = torch.randn(30, 30, generator=g, dtype=torch.float64)
     A = A + A.T
     K = X @ S @ X.T
-    Q, ctx = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 1.0)
-    G, scale = act.numerical.eos_g(A.clone(), ctx, 1.0)
+    numerical = generic(act.numerical)
+    Q, ctx = numerical.q(K.clone(), K.diagonal().clone(), 1.0)
+    G, scale = numerical.g(A.clone(), ctx, 1.0)
     T = scale * X.T @ G @ X
     Sv = S.clone().requires_grad_(True)
     (A * act.numerical.kernel_phi(X @ Sv @ X.T)).sum().backward()
@@ -110,12 +114,12 @@ def test_blocks_and_the_diagonal_give_the_full_map():
     # kernels.py maps row blocks with their own variances, and the diagonal elementwise.
     act = activations.get("silu")
     K = kernel_with_collinear_pairs(5)
-    F, Kd = act.maps(K)
+    F, Kd = act.kernel_map.maps(K)
     diag = K.diagonal()
-    Fb, Kdb = act.maps(K[10:20], diag[10:20, None], diag[None, :])
+    Fb, Kdb = act.kernel_map.maps(K[10:20], diag[10:20, None], diag[None, :])
     torch.testing.assert_close(Fb, F[10:20], rtol=0, atol=1e-13)
     torch.testing.assert_close(Kdb, Kd[10:20], rtol=0, atol=1e-13)
-    Fd, _ = act.maps(diag[:, None], diag[:, None], diag[:, None])
+    Fd, _ = act.kernel_map.maps(diag[:, None], diag[:, None], diag[:, None])
     torch.testing.assert_close(Fd[:, 0], F.diagonal(), rtol=0, atol=1e-13)
 
 
@@ -183,7 +187,7 @@ def test_a_new_activation_runs_a_sweep_and_an_ak_solve(write_config, out_root):
     assert {r["method"] for r in rows} == {"nngp", "ntk"} and all(r["status"] == "ok" for r in rows)
     # x erf(x) is even: its kernel map against Monte Carlo at one pair.
     K = torch.tensor([[1.2, 0.5], [0.5, 0.8]], dtype=torch.float64)
-    F, _ = activations.get("x_erf").maps(K)
+    F, _ = activations.get("x_erf").kernel_map.maps(K)
     u = torch.randn(400_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     u = u @ torch.linalg.cholesky(K).T
     prod = x_erf(u[:, 0]) * x_erf(u[:, 1])
@@ -202,5 +206,5 @@ def test_leaky_relu_slope_reaches_every_method(write_config):
     z = torch.tensor([-1.0, 2.0], dtype=torch.float64)
     torch.testing.assert_close(act.phi(z), torch.tensor([-0.2, 2.0], dtype=torch.float64))
     # E[phi(u)^2] at unit variance: (1 + alpha^2) / 2.
-    F, Kd = act.maps(torch.ones(1, 1, dtype=torch.float64))
+    F, Kd = act.kernel_map.maps(torch.ones(1, 1, dtype=torch.float64))
     assert math.isclose(float(F), (1 + 0.04) / 2, rel_tol=1e-14) and math.isclose(float(Kd), (1 + 0.04) / 2, rel_tol=1e-14)

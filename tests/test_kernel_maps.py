@@ -58,6 +58,45 @@ def test_numerical_path_matches_closed_forms(name, d):
     assert rel_err(Qn, Q) < tol_f and rel_err(Gn * sn, G * s) < tol_g
 
 
+@pytest.mark.parametrize("name", SMOOTH + KINKED)
+def test_closed_form_terms_are_f_and_its_derivatives(name):
+    """``terms`` -> (F, Kdphi, P) of every closed form: Kdphi = dF/dc and P = 2 dF/da against central
+    differences (step h = 1e-5 on entries ~1: truncation ~h^2 times F's third derivative ~ 1e-10,
+    round-off ~eps |F| / h ~ 1e-11; pairs away from |rho| = 1, where the kinked maps are smooth),
+    and ``maps`` is (F, Kdphi) of the same terms."""
+    act = activations.get(name, slope=0.2) if name == "leaky_relu" else activations.get(name)
+    km = act.kernel_map
+    g = torch.Generator().manual_seed(3)
+    a = 0.5 + 2.0 * torch.rand(30, 1, generator=g, dtype=torch.float64)
+    b = 0.5 + 2.0 * torch.rand(1, 30, generator=g, dtype=torch.float64)
+    c = (2.0 * torch.rand(30, 30, generator=g, dtype=torch.float64) - 1.0) * 0.9 * (a * b).sqrt()
+    F, Kd, P = km.terms(c, a, b)
+    h = 1e-5
+    dc = (km.terms(c + h, a, b)[0] - km.terms(c - h, a, b)[0]) / (2 * h)
+    da = (km.terms(c, a + h, b)[0] - km.terms(c, a - h, b)[0]) / (2 * h)
+    torch.testing.assert_close(Kd, dc, rtol=0, atol=1e-8)
+    torch.testing.assert_close(P, 2 * da, rtol=0, atol=1e-8)
+    Fm, Kdm = km.maps(c, a, b)
+    assert torch.equal(Fm, F) and torch.equal(Kdm, Kd)
+
+
+def test_relu_family_matches_the_arcsine_form_of_e_abs_abs():
+    """abs and leaky ReLU are written in ReLU's arc-cosine form (closed_forms.ReluFamilyMap);
+    against the other textbook form, phi = p x + q |x| with E|u||v| = (2/pi) n (sqrt(1 - rho^2) +
+    rho asin rho) (p = (1 + alpha)/2, q = (1 - alpha)/2): the same O(1) numbers from a handful of
+    roundings each, so 1e-14 of the largest entry."""
+    K = kernel_with_collinear_pairs(3)
+    d = K.diagonal()
+    n = (d[:, None] * d[None, :]).sqrt()
+    rho = (K / n).clamp(-1.0, 1.0)
+    e_abs = (2.0 / math.pi) * n * ((1.0 - rho * rho).clamp_min(0.0).sqrt() + rho * torch.asin(rho))
+    for alpha in (-1.0, 0.0, 0.2, 0.01):
+        p, q = (1.0 + alpha) / 2.0, (1.0 - alpha) / 2.0
+        F, Kd = activations.leaky_relu(alpha).kernel_map.maps(K)
+        assert rel_err(F, p * p * K + q * q * e_abs) < 1e-14
+        assert rel_err(Kd, p * p + q * q * (2.0 / math.pi) * torch.asin(rho)) < 1e-14
+
+
 @pytest.mark.parametrize("name", ["tanh", "softplus", "gelu"])
 @pytest.mark.parametrize("d", [1, 4])
 def test_fused_gradient_is_the_derivative_of_kernel_phi(name, d):

@@ -25,7 +25,7 @@ import torch
 from . import loops
 from ..closed_forms import SNAP, ErfMap, ReluFamilyMap
 
-__all__ = ["Passes", "passes_for", "generic"]
+__all__ = ["Passes", "passes_for", "generic", "ERF", "RELU"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ def passes_for(kernel_map, *, fused: bool = True) -> Passes:
     """The passes of ``kernel_map``: fused for erf and ReLU (unless ``fused`` is False), generic
     otherwise."""
     if fused and isinstance(kernel_map, ErfMap):
-        return Passes(erf_q, erf_g)
+        return ERF
     if fused and isinstance(kernel_map, ReluFamilyMap) and kernel_map.alpha == 0.0:
-        return Passes(relu_q, relu_g)
+        return RELU
     return generic(kernel_map)
 
 
@@ -72,18 +72,6 @@ def _generic_g(A, ctx, siga2):
 # Q = siga2 (2/pi) asin(C); B = c0 A o (1 - C^2)^(-1/2) with c0 = siga2 (2/pi);
 # G = 2 B o r r^T - 2 diag(sum_j B_ij C_ij / D_i) = c0 [Bu o rr - diag(2 (Bu C) 1 / D)]
 # with Bu = B / c0 and rr = 2 r r^T; c0 is the returned scale (applied to the d x d result).
-
-def erf_q(K, diag, siga2):
-    if K.device.type == "cpu":
-        return erf_q_loops(K, diag, siga2)
-    return erf_q_torch(K, diag, siga2)
-
-
-def erf_g(A, ctx, siga2):
-    if A.device.type == "cpu":
-        return erf_g_loops(A, ctx, siga2)
-    return erf_g_torch(A, ctx, siga2)
-
 
 def erf_q_loops(K, diag, siga2):
     """Compiled pass over the entry pairs, vectorised asin; ctx ``(C, r, D)``."""
@@ -125,18 +113,6 @@ def erf_g_torch(A, ctx, siga2):
 # Q = siga2 n (sin + (pi - theta) cos) / (2 pi);
 # G = siga2 [A o (pi - theta) / (2 pi) + diag(sum_j A_ij n_ij sin(theta_ij) / (2 pi K_ii))], scale 1.
 
-def relu_q(K, diag, siga2):
-    if K.device.type == "cpu":
-        return relu_q_loops(K, diag, siga2)
-    return relu_q_torch(K, diag, siga2)
-
-
-def relu_g(A, ctx, siga2):
-    if A.device.type == "cpu":
-        return relu_g_loops(A, ctx, siga2)
-    return relu_g_torch(A, ctx, siga2)
-
-
 def relu_q_loops(K, diag, siga2):
     """Compiled passes over the entry pairs, vectorised atan2; ctx ``(K, diag)`` with pi - theta
     in K's upper triangle and n sin theta in its strict lower one."""
@@ -170,3 +146,16 @@ def relu_g_torch(A, ctx, siga2):
     G = A.mul_((math.pi - theta).mul_(siga2 / (2.0 * math.pi)))
     G.diagonal().add_(diag_term)
     return G, 1.0
+
+
+# -- the fused passes: compiled loops on CPU tensors, the torch forms elsewhere ----------------------
+
+def _by_device(loops_form: Callable, torch_form: Callable) -> Callable:
+    def run(M, arg, siga2):
+        return (loops_form if M.device.type == "cpu" else torch_form)(M, arg, siga2)
+
+    return run
+
+
+ERF = Passes(_by_device(erf_q_loops, erf_q_torch), _by_device(erf_g_loops, erf_g_torch))
+RELU = Passes(_by_device(relu_q_loops, relu_q_torch), _by_device(relu_g_loops, relu_g_torch))

@@ -238,7 +238,7 @@ def test_reused_scratch_matrices_leave_earlier_states_intact(activation):
 
 
 @pytest.mark.parametrize("activation", ["erf", "relu"])
-def test_eos_g_is_given_the_full_symmetric_a(activation, monkeypatch):
+def test_g_pass_is_given_the_full_symmetric_a(activation, monkeypatch):
     """The contract of the ``g`` pass (shallow_collapse/eos/passes.py): A = M^{-1} - alpha alpha^T in
     full (a fused form may read either triangle), whatever the evaluator's linear algebra leaves behind."""
     ds = paper_data(48, 2, seed=3)

@@ -14,13 +14,13 @@ EPS = torch.finfo(torch.float64).eps
 
 
 def test_erf_and_relu_get_fused_passes_and_every_other_map_the_generic_ones():
-    assert passes.passes_for(activations.get("erf").kernel_map) == passes.Passes(passes.erf_q, passes.erf_g)
-    assert passes.passes_for(activations.get("relu").kernel_map) == passes.Passes(passes.relu_q, passes.relu_g)
+    assert passes.passes_for(activations.get("erf").kernel_map) is passes.ERF
+    assert passes.passes_for(activations.get("relu").kernel_map) is passes.RELU
     # leaky ReLU and abs share ReLU's closed form but not its fused passes (alpha != 0)
     for name in ("leaky_relu", "abs", "gelu", "sin", "tanh"):
         p = passes.passes_for(activations.get(name).kernel_map)
-        assert p.q not in (passes.erf_q, passes.relu_q) and p.g not in (passes.erf_g, passes.relu_g)
-    assert passes.passes_for(ReluFamilyMap(0.0), fused=False).q is not passes.relu_q
+        assert p.q not in (passes.ERF.q, passes.RELU.q) and p.g not in (passes.ERF.g, passes.RELU.g)
+    assert passes.passes_for(ReluFamilyMap(0.0), fused=False).q is not passes.RELU.q
     assert isinstance(activations.get("tanh").kernel_map, NumericalMaps)
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from .config import ConfigError, read_yaml, resolve
 from .data import source_label
-from .report import REPORT, STYLE, _link, _table
+from .report import REPORT, STYLE, html_link, html_table
 from .runs import atomic_write_text
 from .sweeps import read_table
 
@@ -186,11 +186,11 @@ def _locked(out_root: Path):
 
 
 def _page(rows: list[Entry]) -> str:
-    cells = [{"job": e.job, "hash": _link(f"{e.folder}/{REPORT}", e.hash), "date (UTC)": e.date[:19].replace("T", " "),
+    cells = [{"job": e.job, "hash": html_link(f"{e.folder}/{REPORT}", e.hash), "date (UTC)": e.date[:19].replace("T", " "),
               "status": e.status, "data": e.data,
               "differs from the shipped config": _differs_text(e.differs)} for e in rows]
     not_ok = {id(cell) for cell, e in zip(cells, rows) if not e.ok}
-    table = _table(cells, bad=lambda cell: id(cell) in not_ok, raw=("hash",))
+    table = html_table(cells, bad=lambda cell: id(cell) in not_ok, raw=("hash",))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>runs</title>'
             f"<style>{STYLE}</style></head><body>\n<h1>Runs <small>{len(rows)} folders</small></h1>\n"
             "<p>Every run folder under this output root, newest first; rebuilt by every run "

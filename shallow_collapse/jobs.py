@@ -3,7 +3,7 @@ run hash), the check of keys it cannot honour, the function ``target(cfg, run)``
 work and the memory it needs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -13,7 +13,7 @@ from .experiments import adaptive_kernel, fcn, limiting_kernels, posterior
 from .plots.sweep import plot_sweep
 from .sweeps import grid_groups, run_sweep
 
-__all__ = ["Job", "JOBS"]
+__all__ = ["Job", "JOBS", "with_evaluate"]
 
 
 def _no_check(cfg: dict) -> None:
@@ -128,3 +128,10 @@ JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for
                                keys_of("data", "single", "network", "ak", drop=AK_UNUSED), adaptive_kernel.run,
                                partial(memory.single_need, method="adaptive_kernels"),
                                _both(check_adaptive_kernel, check_data_single))
+
+
+def with_evaluate(job: Job, evaluate: Callable) -> Job:
+    """The sweep ``job`` with its per-cell function replaced by ``evaluate(cfg, cell, datasets) ->
+    rows``: the grid, run folder, resume and plots stay the job's. A hook for trying a method
+    before it is a job, and for tests that hold or fail a cell."""
+    return replace(job, target=partial(job.target, evaluate=evaluate))

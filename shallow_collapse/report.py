@@ -25,7 +25,7 @@ from .plots.captions import caption
 from .runs import atomic_write_text
 from .sweeps import read_table
 
-__all__ = ["write_report", "REPORT"]
+__all__ = ["write_report", "REPORT", "STYLE", "html_link", "html_table"]
 
 REPORT = "report.html"
 # Shown first, in this order (comparisons, sweeps, single FCN runs, single AK runs); other figures follow by name.
@@ -68,13 +68,13 @@ def _href(path: str) -> str:
     return escape(quote(Path(path).as_posix()), quote=True)
 
 
-def _link(path: str, text=None) -> str:
+def html_link(path: str, text=None) -> str:
     return f'<a href="{_href(path)}">{_e(text if text is not None else path)}</a>'
 
 
-def _table(rows: list[dict], bad=lambda row: False, raw=()) -> str:
+def html_table(rows: list[dict], bad=lambda row: False, raw=()) -> str:
     """An HTML table of ``rows`` (columns in first-seen order); rows where ``bad`` is true stand
-    out. Cells of the ``raw`` columns are ready-made HTML (links built by :func:`_link`)."""
+    out. Cells of the ``raw`` columns are ready-made HTML (links built by :func:`html_link`)."""
     if not rows:
         return "<p>(no rows)</p>"
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -165,14 +165,14 @@ def _figures(folder: Path, plots: Path) -> str:
         shown = next((by_format[f] for f in DISPLAYED if f in by_format), None)
         rel = {f: os.path.relpath(p, folder) for f, p in by_format.items()}
         text = caption(stem) or stem
-        others = " ".join(_link(rel[f], f) for f in sorted(rel) if shown is None or by_format[f] != shown)
+        others = " ".join(html_link(rel[f], f) for f in sorted(rel) if shown is None or by_format[f] != shown)
         img = f'<img src="{_href(os.path.relpath(shown, folder))}" alt="{_e(stem)}">' if shown else ""
         blocks.append(f"<figure>{img}<figcaption><b>{_e(stem)}</b>: {_e(text)} {others}</figcaption></figure>")
     return "\n".join(blocks)
 
 
 def _files(folder: Path) -> str:
-    items = [f"<li>{_link(p.name)}</li>" for p in sorted(folder.iterdir())
+    items = [f"<li>{html_link(p.name)}</li>" for p in sorted(folder.iterdir())
              if p.is_file() and p.name != REPORT and not p.name.startswith(".")]
     cells = folder / "cells"
     if cells.is_dir():
@@ -212,14 +212,14 @@ def _run_sections(folder: Path) -> tuple[dict, str]:
         note = f'<p class="bad"><span class="bad">{failed} failed repeats</span> (cells in red)</p>' if failed else \
             "<p>every repeat ok</p>"
         parts.append("<h2>Summary: log10 NC1, mean \u00b1 std over repeats</h2>" + note + _compact(summary))
-        parts.append(_folded("Every summary row", _table(summary, _failed), f" ({len(summary)} rows)"))
+        parts.append(_folded("Every summary row", html_table(summary, _failed), f" ({len(summary)} rows)"))
         if (folder / "results.csv").is_file():
             bad_rows = [r for r in read_table(folder / "results.csv") if _not_ok(r["status"])]
             if bad_rows:
                 shown = bad_rows[:MAX_BAD_ROWS]
                 more = f" (first {MAX_BAD_ROWS} shown)" if len(bad_rows) > MAX_BAD_ROWS else ""
                 parts.append(f'<h2>Rows not ok: <span class="bad">{len(bad_rows)}</span></h2>'
-                             + _folded("Rows not ok", _table(shown, _failed), more))
+                             + _folded("Rows not ok", html_table(shown, _failed), more))
     elif (folder / "results.json").is_file():
         parts.append("<h2>Summary</h2>" + _single_run_summary(_read_json(folder / "results.json")))
     parts.append(_config_section(_config(folder), "Resolved config", set(meta.get("hashed_config", ()))))
@@ -231,7 +231,7 @@ def _config_section(cfg: dict, title: str, hashed=None) -> str:
     rows = [{"key": key, "value": _exact(value), **({"in run hash": "yes" if key in hashed else ""}
                                                      if hashed is not None else {})}
             for key, value in cfg.items()]
-    return f"<h2>{_e(title)}</h2>" + _folded(f"{len(cfg)} keys", _table(rows))
+    return f"<h2>{_e(title)}</h2>" + _folded(f"{len(cfg)} keys", html_table(rows))
 
 
 def _compare_sections(folder: Path) -> tuple[dict, str]:
@@ -240,12 +240,12 @@ def _compare_sections(folder: Path) -> tuple[dict, str]:
     parts = ["<h2>Figures</h2>" + _figures(folder, folder / "plots")]
     summary = read_table(folder / "summary.csv")
     parts.append("<h2>Summary: log10 NC1, mean \u00b1 std over repeats</h2>" + _compact(summary))
-    parts.append(_folded("Every summary row", _table(summary, _failed), f" ({len(summary)} rows)"))
+    parts.append(_folded("Every summary row", html_table(summary, _failed), f" ({len(summary)} rows)"))
     if (folder / "paired_summary.csv").is_file():
         paired = read_table(folder / "paired_summary.csv")
         parts.append("<h2>Paired differences of log10 NC1, mean \u00b1 standard error over draws</h2>"
                      + _compact(paired, by="pair", mean="mean_diff_log10_nc1", spread="stderr_diff_log10_nc1")
-                     + _folded("Every paired row", _table(paired), f" ({len(paired)} rows)"))
+                     + _folded("Every paired row", html_table(paired), f" ({len(paired)} rows)"))
     parts.append("<h2>Inputs</h2><ul>" + "".join(f"<li><code>{_e(f)}</code></li>" for f in record["inputs"])
                  + "</ul>" + _key_values({"largest disagreement between copies of a method":
                                           record.get("duplicate_max_rel_diff", {})}))
@@ -254,7 +254,7 @@ def _compare_sections(folder: Path) -> tuple[dict, str]:
 
 def _exists_link(base: Path, rel: str, text: str) -> str:
     """A link to ``rel`` (relative to ``base``) if that file exists, else the plain text."""
-    return _link(rel, text) if (base / rel).is_file() else _e(text)
+    return html_link(rel, text) if (base / rel).is_file() else _e(text)
 
 
 def _paper_sections(folder: Path) -> tuple[dict, str]:
@@ -278,8 +278,8 @@ def _paper_sections(folder: Path) -> tuple[dict, str]:
                      "report": _exists_link(folder, os.path.join(rel, REPORT), entry["folder"]),
                      "results": _exists_link(folder, os.path.join(rel, "results.csv"), "results.csv")})
     parts = ["<h2>Comparisons</h2>" + "\n".join(figures),
-             "<h2>Sweeps</h2>" + _table(rows, lambda r: r["status"] != "ok" or (r["rows not ok"] or 0) > 0, LINKS),
-             "<h2>Comparison folders</h2>" + _table(comparisons, lambda r: r["status"] != "ok", LINKS),
+             "<h2>Sweeps</h2>" + html_table(rows, lambda r: r["status"] != "ok" or (r["rows not ok"] or 0) > 0, LINKS),
+             "<h2>Comparison folders</h2>" + html_table(comparisons, lambda r: r["status"] != "ok", LINKS),
              _config_section(_config(folder), "Shared keys (given to every sweep)")]
     return head, "\n".join(parts)
 
@@ -297,11 +297,11 @@ def _study_sections(folder: Path) -> tuple[dict, str]:
               for entry in record.get("sweeps", []) for job, f in entry["folders"].items()]
     parts = ["<h2>Figures</h2>" + _figures(folder, folder / "plots"),
              "<h2>AK - posterior per cell: log10 NC1, mean over the draws compared, with its standard error</h2>"
-             + _table(cells, lambda c: c["draws_compared"] < c["draws"]),
-             _folded("Every draw (table.csv)", _table(read_table(folder / "table.csv"),
+             + html_table(cells, lambda c: c["draws_compared"] < c["draws"]),
+             _folded("Every draw (table.csv)", html_table(read_table(folder / "table.csv"),
                                                       lambda r: _not_ok(r["posterior_status"]) or r["ak_outside"]))
              if (folder / "table.csv").is_file() else "",
-             "<h2>Sweeps</h2>" + _table(sweeps, raw=("report",)),
+             "<h2>Sweeps</h2>" + html_table(sweeps, raw=("report",)),
              _config_section(_config(folder), "Resolved config")]
     return head, "\n".join(parts)
 

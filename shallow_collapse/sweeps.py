@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from . import metrics
 from .data import Dataset, draw
@@ -30,7 +31,7 @@ from .executors import cell_executor, completed
 from .progress import cell_progress
 from .runs import Run, atomic_write_json, atomic_write_text, make_folder
 
-__all__ = ["Cell", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep",
+__all__ = ["Cell", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep", "log_cell",
            "read_table", "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
 
 RESULT_COLUMNS = ["method", "N", "class_sizes", "in_features", "repeat", "seed", "nc1", "log10_nc1",
@@ -75,8 +76,12 @@ def grid_cells(cfg: dict, grid: str) -> list[Cell]:
 
 def cell_datasets(cfg: dict, cell: Cell) -> list[Dataset]:
     """The draws of ``cell``, one per repeat, from the config's data source (:func:`data.draw`):
-    what every method of the cell evaluates."""
-    return [draw(cfg, cell.class_sizes, cell.in_features, r) for r in cell.repeats]
+    what every method of the cell evaluates. Every draw holds the same labels (class 0 first), so
+    the methods batch the repeats of a cell over one label vector."""
+    datasets = [draw(cfg, cell.class_sizes, cell.in_features, r) for r in cell.repeats]
+    if any(not torch.equal(ds.labels, datasets[0].labels) for ds in datasets):
+        raise ValueError(f"the draws of cell {cell.key} do not share their labels")
+    return datasets
 
 
 def _complete_row(row: dict, cfg: dict, cell: Cell, data_nc1: dict) -> dict:
@@ -154,7 +159,7 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
         failed = partial(failed_cell, cfg=cfg, methods=methods)
         for record in completed(pool, compute_cell, todo, cfg, evaluate, methods, on_error=failed):
             atomic_write_json(cells_dir / f"{record['cell']}.json", record)
-            _log_cell(run, record)
+            log_cell(run, record)
             advance()
     rows = [row for c in cells for row in _load_cell(cells_dir / f"{c.key}.json", c)["rows"]]
     write_table(run.path / "results.csv", rows)
@@ -165,7 +170,7 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     return rows
 
 
-def _log_cell(run: Run, record: dict) -> None:
+def log_cell(run: Run, record: dict) -> None:
     rows = record["rows"]
     run.log.info("cell %s: %d rows in %.2f s", record["cell"], len(rows), record["seconds"])
     for r in rows:

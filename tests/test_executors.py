@@ -171,21 +171,19 @@ HELD = 16
 INTERRUPTED = {"N_list": [16, 32], "in_features_list": [1, 2, 3, 4, 5, 6], "repeat": 2}  # 6 held cells: some wait in the pool
 DRIVER = """
 import sys
-from dataclasses import replace
-from functools import partial
 
 import test_executors
 from shallow_collapse import sweeps
 from shallow_collapse.cli import main
-from shallow_collapse.jobs import JOBS
+from shallow_collapse.jobs import JOBS, with_evaluate
 
 job = JOBS[test_executors.JOB]
-JOBS[test_executors.JOB] = replace(job, target=partial(job.target, evaluate=test_executors.held_evaluate))
-log_cell = sweeps._log_cell
+JOBS[test_executors.JOB] = with_evaluate(job, test_executors.held_evaluate)
+real_log_cell = sweeps.log_cell
 def announce(run, record):
-    log_cell(run, record)
+    real_log_cell(run, record)
     print(record["cell"], flush=True)
-sweeps._log_cell = announce
+sweeps.log_cell = announce
 sys.exit(main(test_executors.JOB, sys.argv[1:]))
 """
 
@@ -309,11 +307,8 @@ def test_a_cell_whose_worker_dies_becomes_an_error_row():
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(write_config, tmp_path, monkeypatch):
-    from dataclasses import replace
-    from functools import partial
-
     from shallow_collapse.experiments import limiting_kernels
-    from shallow_collapse.jobs import JOBS
+    from shallow_collapse.jobs import JOBS, with_evaluate
 
     def flaky(cfg, cell, datasets):
         if cell.in_features == 4 and sum(cell.class_sizes) == 32:
@@ -321,7 +316,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(write_config, tmp_path
         return limiting_kernels.evaluate_cell(cfg, cell, datasets)
 
     job = JOBS[JOB]
-    monkeypatch.setitem(JOBS, JOB, replace(job, target=partial(job.target, evaluate=flaky)))
+    monkeypatch.setitem(JOBS, JOB, with_evaluate(job, flaky))
     assert main(JOB, [str(write_config()), "--out", str(tmp_path / "o")]) == 0
     rows = table(tmp_path / "o")
     bad = [r for r in rows if r["status"] == "error"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-import pytest
-
 from shallow_collapse import index
 from shallow_collapse.__main__ import main as package_main
 from shallow_collapse.cli import main

@@ -1,12 +1,10 @@
 import json
-from dataclasses import replace
-from functools import partial
 
 import pytest
 
 from shallow_collapse.cli import main
 from shallow_collapse.experiments import limiting_kernels
-from shallow_collapse.jobs import JOBS
+from shallow_collapse.jobs import JOBS, with_evaluate
 from shallow_collapse.sweeps import RESULT_COLUMNS, SUMMARY_COLUMNS, grid_cells, read_table
 
 JOB = "limiting_kernels_bulk_imbalanced"
@@ -52,7 +50,7 @@ def test_resume_after_interruption_gives_the_full_table(write_config, tmp_path, 
         return limiting_kernels.evaluate_cell(cfg, cell, datasets)
 
     job = JOBS[JOB]
-    monkeypatch.setitem(JOBS, JOB, replace(job, target=partial(job.target, evaluate=interrupted)))
+    monkeypatch.setitem(JOBS, JOB, with_evaluate(job, interrupted))
     assert main(JOB, [str(path), "--out", str(tmp_path / "resumed")]) == 130
     folder = run_folder(tmp_path / "resumed")
     assert len(list((folder / "cells").glob("*.json"))) == 2 and not (folder / "results.csv").exists()

@@ -14,7 +14,6 @@ One module per concept:
 """
 from __future__ import annotations
 
-from .certificate import curvature as _curvature  # noqa: F401  (tests reach the certificate directly)
 from .certificate import nc1_error_bound
 from .evaluator import PAPER_EOS, EoSEvaluator, EoSState, EvaluationError, action, nngp_sigma
 from .options import SolverOptions

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .evaluator import EoSEvaluator, EoSState
 from .options import SolverOptions
 from .results import StepRecord
-from .strategies import STEPS, BranchContext, _Memory
+from .strategies import STEPS, AndersonMemory, BranchContext
 
 
 @dataclass
@@ -51,7 +51,7 @@ def follow(ev: EoSEvaluator, strategy: str, factors: list[float], state0: EoSSta
     accepted solution and subdividing failed steps geometrically."""
     step = STEPS[strategy]
     e_start = ev.evaluations
-    memory = _Memory(options.anderson_memory)
+    memory = AndersonMemory(options.anderson_memory)
     memory.add(state0)
     context = BranchContext(accepted=[(math.inf, state0)], memory=memory)  # chi = inf: the NNGP limit
     accepted = context.accepted

@@ -12,7 +12,7 @@ import math
 import time
 
 from . import tolerances as tol
-from .certificate import curvature as _curvature
+from . import certificate
 from .continuation import Branch, follow, schedule
 from .evaluator import PAPER_EOS, EoSEvaluator, EoSState
 from .options import SolverOptions
@@ -23,9 +23,8 @@ from ..params import EoSParams, NetworkParams
 
 
 def solve_eos(X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkParams.activation,
-              anneal: bool | None = None, device="cpu", on_accept=None, anderson_memory: int = 3,
-              anderson_beta: float = 1.0, anderson_regularization: float = 1e-10, anderson_stall: int = 8,
-              threads: int | None = 1, log=None) -> EoSResult:
+              anneal: bool | None = None, device="cpu", on_accept=None, threads: int | None = 1, log=None,
+              **anderson) -> EoSResult:
     """Solve the EoS of ``params`` at chi = ``params.h``: the least-action solution among the
     candidates found.
 
@@ -49,16 +48,15 @@ def solve_eos(X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkP
     ``activation``: a registered name or an :class:`~shallow_collapse.activations.Activation`.
     ``on_accept(chi, state, step)``: called for the NNGP start
     (chi = inf, step None) and every accepted step of the primary branch.
-    ``device``: ``cpu``, ``cuda`` or ``auto``. ``anderson_*``: memory, mixing, Tikhonov
-    regularisation (relative) and stall window (0 disables it) of the ``anderson`` strategy.
+    ``device``: ``cpu``, ``cuda`` or ``auto``. ``anderson``: the ``anderson_*`` fields of
+    :class:`.SolverOptions` (memory, mixing, relative Tikhonov regularisation, stall window), whose
+    defaults live there only.
     ``threads``: torch and BLAS threads for the solve (restored afterwards; None leaves them
     alone). One by default: the O(d^3) steps between the O(N^3) evaluations are many small
     parallel regions, and with two threads on a loaded 2-core machine a whole solve was measured
     up to 100x slower. ``log``: a logger for per-step debug lines and warnings.
     """
-    options = SolverOptions.from_params(params, anderson_memory=anderson_memory, anderson_beta=anderson_beta,
-                                        anderson_regularization=anderson_regularization,
-                                        anderson_stall=anderson_stall)
+    options = SolverOptions.from_params(params, **anderson)
     for name in (params.strategy, *params.candidates):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
@@ -95,7 +93,7 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
     stalled = (not chosen.converged and chosen.chi == float(h)
                and chosen.noise > max(options.rtol, tol.NOISE_LIMITED_MIN)
                and ev.rel_residual(chosen.state, float(h)) <= tol.NOISE_LIMITED_FACTOR * chosen.noise)
-    curvature = _curvature(ev, chosen.state, chosen.chi) if chosen.converged or stalled else math.nan
+    curvature = certificate.curvature(ev, chosen.state, chosen.chi) if chosen.converged or stalled else math.nan
     found = _candidates(ev, branches, chosen, float(h))
     primary = branches[0]
     message = primary.message

@@ -49,7 +49,7 @@ def _is_pd(S: torch.Tensor) -> bool:
     return int(torch.linalg.cholesky_ex(0.5 * (S + S.T))[1]) == 0
 
 
-class _Memory:
+class AndersonMemory:
     """chi-independent secant history: (Sigma_i, T_i) pairs from past evaluations."""
 
     def __init__(self, size: int):
@@ -70,21 +70,21 @@ class BranchContext:
     the NNGP start at chi = inf) and the Anderson history."""
 
     accepted: list[tuple[float, EoSState]]
-    memory: _Memory
+    memory: AndersonMemory
 
 
 
 
-def _anderson_step(ev: EoSEvaluator, chi: float, state: EoSState, memory: _Memory, *, rtol,
+def _anderson_step(ev: EoSEvaluator, chi: float, state: EoSState, memory: AndersonMemory, *, rtol,
                    maxiter, beta, regularization, predictor=None, stall=0):
     """Anderson-accelerated fixed-point solve of one continuation step, to ``rel_residual <= rtol``.
 
-    Returns ``(state, rel_residual, iterations, converged, message)``; ``state`` is the best point.
+    Returns a :class:`StepOutcome` whose ``state`` is the best point.
     """
     res = ev.rel_residual(state, chi)
     best, best_res = state, res
     if res <= rtol:
-        return best, best_res, 0, True, ""
+        return StepOutcome(best, best_res, 0, True, "")
     # Secant predictor (1/chi extrapolation of the last two solutions) as the first trial point.
     trial = predictor if predictor is not None and _is_pd(predictor) else None
     iterations, restarts = 0, 0
@@ -126,7 +126,7 @@ def _anderson_step(ev: EoSEvaluator, chi: float, state: EoSState, memory: _Memor
             trial = 0.5 * (trial + trial.T)
             restarts += 1
             if restarts > tol.ANDERSON_MAX_RESTARTS:
-                return best, best_res, iterations, False, "evaluation failed repeatedly"
+                return StepOutcome(best, best_res, iterations, False, "evaluation failed repeatedly")
             continue
         trial = None
         memory.add(new)
@@ -134,18 +134,19 @@ def _anderson_step(ev: EoSEvaluator, chi: float, state: EoSState, memory: _Memor
         if res < best_res:
             best, best_res = new, res
         if res <= rtol:
-            return new, res, iterations, True, ""
+            return StepOutcome(new, res, iterations, True, "")
         history.append(best_res)
         if stall and len(history) > stall and history[-1] > tol.ANDERSON_STALL_FACTOR * history[-1 - stall]:
             # Less than a halving of the best residual in `stall` iterations: give the step back
             # to the continuation (which subdivides it) instead of spending maxiter evaluations.
-            return best, best_res, iterations, False, f"stalled (best rel_residual {best_res:.3g} after {iterations} iterations)"
+            return StepOutcome(best, best_res, iterations, False,
+                               f"stalled (best rel_residual {best_res:.3g} after {iterations} iterations)")
         if res > tol.ANDERSON_DIVERGED * best_res or not math.isfinite(res):
             # Diverging: restart from the best point.
             memory.clear(keep_last=False)
             memory.add(best)
             restarts += 1
-    return best, best_res, iterations, False, f"maxiter {maxiter} reached (best rel_residual {best_res:.3g})"
+    return StepOutcome(best, best_res, iterations, False, f"maxiter {maxiter} reached (best rel_residual {best_res:.3g})")
 
 
 def _newton_krylov_step(ev: EoSEvaluator, chi: float, state: EoSState, *, rtol, maxiter, inner_maxiter):
@@ -155,7 +156,7 @@ def _newton_krylov_step(ev: EoSEvaluator, chi: float, state: EoSState, *, rtol, 
 
     res0 = ev.rel_residual(state, chi)
     if res0 <= rtol:
-        return state, res0, 0, True, ""
+        return StepOutcome(state, res0, 0, True, "")
     scale = float(state.Sigma.abs().max())
     cache: dict = {"state": state}
     iterations = [0]
@@ -182,7 +183,7 @@ def _newton_krylov_step(ev: EoSEvaluator, chi: float, state: EoSState, *, rtol, 
         x = np.asarray(err.args[0])
         message = f"maxiter {maxiter} reached"
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
-        return state, res0, iterations[0], False, f"newton_krylov failed: {err}"
+        return StepOutcome(state, res0, iterations[0], False, f"newton_krylov failed: {err}")
     S = torch.as_tensor(x, dtype=torch.float64, device=ev.device)
     S = 0.5 * (S + S.T)
     st = cache["state"]
@@ -190,9 +191,9 @@ def _newton_krylov_step(ev: EoSEvaluator, chi: float, state: EoSState, *, rtol, 
         try:
             st = ev.state(S)
         except EvaluationError as err:
-            return state, res0, iterations[0], False, f"final point unusable: {err}"
+            return StepOutcome(state, res0, iterations[0], False, f"final point unusable: {err}")
     res = ev.rel_residual(st, chi)
-    return st, res, iterations[0], res <= rtol, message
+    return StepOutcome(st, res, iterations[0], res <= rtol, message)
 
 
 class _Abort(Exception):
@@ -270,7 +271,7 @@ def _lbfgs(ev: EoSEvaluator, chi: float, start: EoSState, *, stop_at: float, max
     return track["state"], track["rel"], track["iterations"], message
 
 
-def _newton(gradient, x0: np.ndarray, g0: np.ndarray, *, step: float, maxiter: int, accept: float,
+def newton_steps(gradient, x0: np.ndarray, g0: np.ndarray, *, step: float, maxiter: int, accept: float,
             stop=None) -> tuple[np.ndarray, np.ndarray, int]:
     """Newton's method on a gradient field: at ``x``, the Hessian by forward differences of
     ``gradient`` with step ``step`` along each coordinate (symmetrised), then the full step
@@ -352,7 +353,7 @@ def _newton_polish(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol: float
     def stop(z, g):
         return ev.rel_residual(states[z.tobytes()], chi) <= rtol
 
-    z, _, iterations = _newton(gradient, z0, coordinates(start), step=tol.NEWTON_FD_STEP,
+    z, _, iterations = newton_steps(gradient, z0, coordinates(start), step=tol.NEWTON_FD_STEP,
                                maxiter=tol.NEWTON_MAXITER, accept=tol.NEWTON_ACCEPT, stop=stop)
     return states[z.tobytes()], iterations
 
@@ -360,12 +361,12 @@ def _newton_polish(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol: float
 def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxiter, **_):
     """Least action at ``chi`` from ``start``: L-BFGS on S down to ``POLISH_FROM``, then Anderson
     polishing to ``rtol``; if the polish fails, L-BFGS again from the best point to its own stop
-    and a second polish. Returns like :func:`_anderson_step` (on failure, the point of least
-    relative residual; where that lies below ``POLISH_FROM`` the message gives the float64 noise
-    of the map there, :func:`noise_floor`, returned as a sixth element: nan where not measured)."""
+    and a second polish. On failure the outcome holds the point of least relative residual; where
+    that lies below ``POLISH_FROM`` it is ``near_solution`` and its ``noise`` is the float64 noise
+    of the map there (:func:`noise_floor`; nan where not measured)."""
     rel = ev.rel_residual(start, chi)
     if rel <= rtol:
-        return start, rel, 0, True, "", math.nan
+        return StepOutcome(start, rel, 0, True)
     state, iterations, messages = start, 0, []
     best, best_rel = start, rel
     for stop_at in (max(rtol, tol.POLISH_FROM), rtol):
@@ -374,16 +375,17 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         iterations += its
         messages += [msg] if msg else []
         if rel <= rtol:
-            return state, rel, iterations, True, "", math.nan
-        polished, rel_p, its, ok, msg = _anderson_step(
+            return StepOutcome(state, rel, iterations, True)
+        polish = _anderson_step(
             ev, chi, state, _anderson_memory(ev.d, state), rtol=rtol, maxiter=min(tol.POLISH_MAXITER, maxiter),
             beta=tol.POLISH_BETA, regularization=tol.POLISH_REGULARIZATION, stall=tol.POLISH_STALL)
-        iterations += its
+        polished, rel_p, ok, msg = polish.state, polish.rel_residual, polish.converged, polish.message
+        iterations += polish.iterations
         # Accept the polish only where it stayed at this minimum (S did not rise above the start of
         # the polish beyond float64 noise); otherwise it reached another fixed point.
         stayed = ev.action(polished, chi) <= ev.action(state, chi) + tol.POLISH_ACTION_RISE * abs(ev.action(state, chi))
         if ok and stayed:
-            return polished, rel_p, iterations, True, "", math.nan
+            return StepOutcome(polished, rel_p, iterations, True)
         messages.append(f"polish: {msg}" if not ok else "polish left the minimum")
         candidates = [(state, rel), (polished, rel_p)] if stayed else [(state, rel)]
         best, best_rel = min([(best, best_rel), *candidates], key=lambda c: c[1])
@@ -398,7 +400,7 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
             rel_n = ev.rel_residual(newton, chi)
             stayed = ev.action(newton, chi) <= ev.action(best, chi) + tol.POLISH_ACTION_RISE * abs(ev.action(best, chi))
             if rel_n <= rtol and stayed:
-                return newton, rel_n, iterations, True, "", math.nan
+                return StepOutcome(newton, rel_n, iterations, True)
             if its:
                 messages.append(f"newton: {its} steps, {ev.evaluations - e0} evaluations, rel_residual {rel_n:.3g}")
             if stayed and rel_n < best_rel:
@@ -409,7 +411,8 @@ def _minimize_step(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol, maxit
         if noise > rtol:
             messages.insert(0, f"stalled at rel_residual {best_rel:.2g}, where the float64 noise of the map is "
                                f"about {noise:.1g} > rtol {rtol:g}: a tolerance above the noise can be met")
-    return best, best_rel, iterations, False, "; ".join(messages), noise
+    return StepOutcome(best, best_rel, iterations, False, "; ".join(messages),
+                       near_solution=best_rel <= tol.POLISH_FROM, noise=noise)
 
 
 def noise_floor(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
@@ -423,9 +426,9 @@ def noise_floor(ev: EoSEvaluator, state: EoSState, chi: float) -> float:
     return max(changes) / scale
 
 
-def _anderson_memory(d: int, state: EoSState) -> _Memory:
+def _anderson_memory(d: int, state: EoSState) -> AndersonMemory:
     """A polishing memory: as many secant pairs as the problem has dimensions, at most 10."""
-    memory = _Memory(min(tol.POLISH_MEMORY_MAX, d * (d + 1) // 2))
+    memory = AndersonMemory(min(tol.POLISH_MEMORY_MAX, d * (d + 1) // 2))
     memory.add(state)
     return memory
 
@@ -435,8 +438,7 @@ def _anderson_memory(d: int, state: EoSState) -> _Memory:
 def minimize(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
              options: SolverOptions) -> StepOutcome:
     """L-BFGS on S, then Anderson polishing (:func:`_minimize_step`)."""
-    state, rel, its, ok, msg, noise = _minimize_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter)
-    return StepOutcome(state, rel, its, ok, msg, near_solution=not ok and rel <= tol.POLISH_FROM, noise=noise)
+    return _minimize_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter)
 
 
 def anderson(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
@@ -452,16 +454,16 @@ def anderson(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContex
     memory = branch.memory
     if not memory.items or memory.items[-1][0] is not start.Sigma:
         memory.add(start)
-    return StepOutcome(*_anderson_step(
-        ev, chi, start, memory, rtol=options.rtol, maxiter=options.maxiter, beta=options.anderson_beta,
-        regularization=options.anderson_regularization, predictor=predictor, stall=options.anderson_stall))
+    return _anderson_step(ev, chi, start, memory, rtol=options.rtol, maxiter=options.maxiter,
+                          beta=options.anderson_beta, regularization=options.anderson_regularization,
+                          predictor=predictor, stall=options.anderson_stall)
 
 
 def newton_krylov(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchContext,
                   options: SolverOptions) -> StepOutcome:
     """scipy's newton_krylov from ``start`` (:func:`_newton_krylov_step`)."""
-    return StepOutcome(*_newton_krylov_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter,
-                                            inner_maxiter=options.inner_maxiter))
+    return _newton_krylov_step(ev, chi, start, rtol=options.rtol, maxiter=options.maxiter,
+                               inner_maxiter=options.inner_maxiter)
 
 
 Step = Callable[[EoSEvaluator, float, EoSState, BranchContext, SolverOptions], StepOutcome]

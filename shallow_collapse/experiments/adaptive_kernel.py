@@ -11,6 +11,7 @@ import time
 import torch
 
 from .. import metrics
+from . import error_rows
 from ..eos import EoSResult, nc1_error_bound, solve_eos
 from ..params import EoSParams, NetworkParams
 from . import single_run_data
@@ -57,11 +58,8 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
         try:
             result = solve(cfg, ds)
         except Exception as err:  # numerical failure of any kind is a status, never an exception
-            message = f"{type(err).__name__}: {err}"
-            rows.append({"method": "ak", "repeat": repeat, "nc1": math.nan, "status": "error",
-                         "seconds": round(time.perf_counter() - start, 4), "message": message})
-            rows.append({"method": "nngp", "repeat": repeat, "nc1": math.nan, "status": "error",
-                         "message": message})
+            ak, nngp = error_rows(["ak", "nngp"], [repeat], err)
+            rows += [{**ak, "seconds": round(time.perf_counter() - start, 4)}, nngp]
             continue
         nc1 = float(metrics.nc1_kernel(result.Q, ds.labels))
         nc1_0 = float(metrics.nc1_kernel(result.Q0, ds.labels))

@@ -6,12 +6,12 @@ the very same network on the very same draw.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from .. import metrics
+from . import error_rows
 from ..devices import resolve_device, torch_threads
 from ..kernels import kernel_names, limiting_kernels
 from ..model import FCNEnsemble, network_seed
@@ -44,9 +44,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     with the message, never an exception.
     """
     C = len(cell.class_sizes)
-    labels = datasets[0].labels
-    if any(not torch.equal(ds.labels, labels) for ds in datasets):
-        raise ValueError("every draw of a cell must have the same labels")
+    labels = datasets[0].labels  # shared by the draws of a cell (sweeps.cell_datasets)
     seeds = [network_seed(cfg["seed"], cell.class_sizes, cell.in_features, r) for r in cell.repeats]
     X = torch.stack([ds.X for ds in datasets])
     T = make_targets(labels, C, cfg["out_features"]).unsqueeze(0).expand(len(datasets), -1, -1)
@@ -64,9 +62,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
                          "diverged_epoch": rec.diverged_epoch[i] if rec.diverged_epoch[i] is not None else "",
                          "network_seed": seeds[i], "train_seconds": per_net})
     except (RuntimeError, FloatingPointError) as exc:  # e.g. out of memory, a failed kernel
-        message = " ".join(str(exc).split())[:300]
-        rows = [{"method": "fcn", "repeat": r, "nc1": math.nan, "status": "error", "message": message,
-                 "network_seed": s} for r, s in zip(cell.repeats, seeds)]
+        rows = error_rows(["fcn"], cell.repeats, exc, network_seed=seeds)
     return rows + limiting_kernels_experiment.evaluate_cell(cfg, cell, datasets)
 
 

@@ -16,6 +16,7 @@ from ..devices import resolve_device
 from ..model import seed_int
 from ..params import EoSParams, NetworkParams, PosteriorParams
 from ..posterior import sample_posterior
+from . import error_rows
 from . import limiting_kernels as limiting_kernels_experiment
 
 __all__ = ["evaluate_cell", "chain_seeds", "prior_network_config", "METHODS"]
@@ -51,7 +52,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     in float64 on the config's ``device``. A numerical failure is a status (nan, not_converged,
     error), never an exception."""
     eos, params = EoSParams.from_config(cfg), PosteriorParams.from_config(cfg)
-    labels = datasets[0].labels
+    labels = datasets[0].labels  # shared by the draws of a cell (sweeps.cell_datasets)
     device = resolve_device(cfg["device"])
     X = torch.stack([ds.X for ds in datasets]).to(device, torch.float64)
     Y = torch.stack([ds.y for ds in datasets]).to(device, torch.float64).unsqueeze(-1)
@@ -63,8 +64,6 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
                                    h=eos.h, params=params, seeds=seeds)
         rows = [_row(r, res) for r, res in zip(cell.repeats, results)]
     except (RuntimeError, FloatingPointError, ValueError) as exc:  # e.g. out of memory
-        message = " ".join(str(exc).split())[:300]
-        rows = [{"method": "posterior", "repeat": r, "nc1": math.nan, "status": "error", "message": message}
-                for r in cell.repeats]
+        rows = error_rows(["posterior"], cell.repeats, exc)
     nngp = limiting_kernels_experiment.evaluate_cell(prior_network_config(cfg), cell, datasets)
     return rows + [row for row in nngp if row["method"] == "nngp"]

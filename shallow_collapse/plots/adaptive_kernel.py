@@ -54,31 +54,38 @@ def _log10(values):
         return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
 
 
-def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
-    """Write every figure of :data:`SINGLE_RUN_PLOTS` into ``plots_dir``; returns their paths.
-
-    ``record``: the ``results.json`` content of a non-lightweight run; ``matrices``: ``data_kernel``
-    (X X^T), ``q_gp`` (Q at the NNGP limit) and ``q_end`` (Q at the solution), each ``(N, N)``.
-    """
-    out = Path(plots_dir)
-    written = []
+def _tag(record: dict) -> str:
+    """The line every figure carries: the cell, the activation, h and the status."""
     status = record["status"] + ("" if record["status"] == "ok" else
                                  f" (at chi={record['final_factor']:g}, rel_residual {float(record['rel_residual']):.2g})")
-    tag = f"N={record['N']}, d={record['in_features']}, {record['activation']}, h={record['h']}: {status}"
+    return f"N={record['N']}, d={record['in_features']}, {record['activation']}, h={record['h']}: {status}"
 
+
+def _data_kernel(record, matrices, tag):
     fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
     _heatmap(ax, matrices["data_kernel"], r"data kernel $XX^T$")
     fig.suptitle(tag, fontsize=9)
-    written.append(save_figure(fig, out / "data_kernel.png"))
+    return fig
 
-    q_gp, q_end = _np(matrices["q_gp"]), _np(matrices["q_end"])
+
+def _start_end_change(start, end, titles, tag):
+    """Three heatmaps: ``start``, ``end`` and ``end - start`` (on a symmetric colour scale)."""
+    start, end = _np(start), _np(end)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    _heatmap(axes[0], q_gp, f"Q at the GP limit (NC1 {record['nngp_nc1']:.3g})")
-    _heatmap(axes[1], q_end, f"Q at the solution (NC1 {record['ak_nc1']:.3g})")
-    _heatmap(axes[2], q_end - q_gp, "Q(solution) - Q(GP limit)", symmetric=True)
+    for i, (ax, M, title) in enumerate(zip(axes, (start, end, end - start), titles)):
+        _heatmap(ax, M, title, symmetric=i == 2)
     fig.suptitle(tag, fontsize=9)
-    written.append(save_figure(fig, out / "q_kernels.png"))
+    return fig, axes
 
+
+def _q_kernels(record, matrices, tag):
+    fig, _ = _start_end_change(matrices["q_gp"], matrices["q_end"],
+                               (f"Q at the GP limit (NC1 {record['nngp_nc1']:.3g})",
+                                f"Q at the solution (NC1 {record['ak_nc1']:.3g})", "Q(solution) - Q(GP limit)"), tag)
+    return fig
+
+
+def _q_spectra(record, matrices, tag):
     fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
     for key, label in (("q_spectrum_gp", "Q at the GP limit"), ("q_spectrum_end", "Q at the solution")):
         ev = _np(record[key])
@@ -90,29 +97,30 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title("spectra of Q  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "q_spectra.png"))
+    return fig
 
-    s0, s1 = _np(record["sigma_start"]), _np(record["sigma_end"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    _heatmap(axes[0], s0, r"$\Sigma$ at the start (NNGP: $\sigma_w^2/d\ I$)")
-    _heatmap(axes[1], s1, r"$\Sigma$ at the end")
-    _heatmap(axes[2], s1 - s0, r"$\Sigma_{end} - \Sigma_{start}$", symmetric=True)
+
+def _sigma(record, matrices, tag):
+    fig, axes = _start_end_change(record["sigma_start"], record["sigma_end"],
+                                  (r"$\Sigma$ at the start (NNGP: $\sigma_w^2/d\ I$)", r"$\Sigma$ at the end",
+                                   r"$\Sigma_{end} - \Sigma_{start}$"), tag)
     for ax in axes:
         ax.set_xlabel("input coordinate")
         ax.set_ylabel("input coordinate")
-    fig.suptitle(tag, fontsize=9)
-    written.append(save_figure(fig, out / "sigma.png"))
+    return fig
 
+
+def _sigma_trace(record, matrices, tag):
     per_step = record["per_step"]
-    labels = _factor_labels(per_step)
-    x = np.arange(len(per_step))
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    ax.plot(x, [s["trace_sigma"] for s in per_step], marker="o")
-    _step_axis(ax, labels)
+    ax.plot(np.arange(len(per_step)), [s["trace_sigma"] for s in per_step], marker="o")
+    _step_axis(ax, _factor_labels(per_step))
     ax.set_ylabel(r"Tr($\Sigma$)")
     ax.set_title(r"Tr($\Sigma$) per accepted step  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "sigma_trace.png"))
+    return fig
 
+
+def _sigma_spectrum(record, matrices, tag):
     fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
     for key, label in (("sigma_spectrum_start", "start (NNGP)"), ("sigma_spectrum_end", "end")):
         ev = _np(record[key])
@@ -123,8 +131,12 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title(r"spectrum of $\Sigma$  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "sigma_spectrum.png"))
+    return fig
 
+
+def _nc1_per_step(record, matrices, tag):
+    per_step = record["per_step"]
+    x = np.arange(len(per_step))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     axes[0].plot(x, _log10([s["nc1"] for s in per_step]), marker="o", label="AK (Q)")
     axes[0].axhline(math.log10(record["data_nc1"]), color="gray", ls="--", label="input data X")
@@ -135,26 +147,27 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
     axes[1].set_ylabel(r"$\log_{10}$ trace (features of Q)")
     axes[1].legend()
     for ax in axes:
-        _step_axis(ax, labels)
+        _step_axis(ax, _factor_labels(per_step))
     fig.suptitle("NC1 of Q per accepted step  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "nc1_per_step.png"))
+    return fig
 
-    for key, ylabel, title, name in [
-        ("fbar_nc1", r"$\log_{10}$ NC1 of $\bar f \bar f^T$", r"NC1 of the kernel of $\bar f$ per step",
-         "fbar_kernel_nc1.png"),
-        ("mse", r"$\log_{10}$ training MSE of $\bar f$: mean$_i (y_i - \bar f_i)^2$",
-         r"training MSE of $\bar f$ per step", "mse_per_step.png"),
-    ]:
+
+def _per_step_curve(key, ylabel, title):
+    """A figure of one per-step quantity of the record on a log10 scale."""
+    def figure(record, matrices, tag):
+        per_step = record["per_step"]
         fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-        ax.plot(x, _log10([s[key] for s in per_step]), marker="o")
-        _step_axis(ax, labels)
+        ax.plot(np.arange(len(per_step)), _log10([s[key] for s in per_step]), marker="o")
+        _step_axis(ax, _factor_labels(per_step))
         ax.set_ylabel(ylabel)
         ax.set_title(title + "  |  " + tag, fontsize=9)
-        written.append(save_figure(fig, out / name))
+        return fig
+    return figure
 
+
+def _fbar_per_sample(record, matrices, tag):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
-    n = len(record["y"])
-    idx = np.arange(n)
+    idx = np.arange(len(record["y"]))
     y = _np(record["y"])
     axes[0].plot(idx, y, "k.", ms=2, label="target y")
     for key, label in (("fbar_gp", r"$\bar f$ at the GP limit"), ("fbar_end", r"$\bar f$ at the end")):
@@ -168,8 +181,10 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         ax.legend(markerscale=5, fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(r"GP posterior mean $\bar f$ per sample  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "fbar_per_sample.png"))
+    return fig
 
+
+def _solver_steps(record, matrices, tag):
     steps = record["steps"]
     xs = np.arange(len(steps))
     ok = np.array([bool(s["converged"]) for s in steps])
@@ -193,11 +208,13 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         ax.grid(alpha=0.3)
     fig.suptitle(f"solver record ({record['strategy']}, {record['evaluations']} evaluations, "
                  f"{record['seconds']:.1f}s)  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "solver_steps.png"))
+    return fig
 
+
+def _action_per_step(record, matrices, tag):
     # The action and the relative residual at every accepted factor (the NNGP start, where S is
     # infinite and the residual exactly 0, is left out).
-    solved = [s for s in per_step if s["factor"] != "inf"]
+    solved = [s for s in record["per_step"] if s["factor"] != "inf"]
     xs = np.arange(len(solved))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     axes[0].plot(xs, [float(s["action"]) for s in solved], marker="o")
@@ -210,5 +227,28 @@ def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
         _step_axis(ax, [f"{float(s['factor']):.3g}" for s in solved])
     fig.suptitle(f"action and relative residual per annealing step (kept: {record['origin']}, "
                  f"S = {float(record['action']):.10g})  |  " + tag, fontsize=9)
-    written.append(save_figure(fig, out / "action_per_step.png"))
-    return written
+    return fig
+
+
+# file name -> figure(record, matrices, tag), in the order they are written
+_FIGURES = {
+    "data_kernel.png": _data_kernel, "q_kernels.png": _q_kernels, "q_spectra.png": _q_spectra,
+    "sigma.png": _sigma, "sigma_trace.png": _sigma_trace, "sigma_spectrum.png": _sigma_spectrum,
+    "nc1_per_step.png": _nc1_per_step,
+    "fbar_kernel_nc1.png": _per_step_curve("fbar_nc1", r"$\log_{10}$ NC1 of $\bar f \bar f^T$",
+                                           r"NC1 of the kernel of $\bar f$ per step"),
+    "mse_per_step.png": _per_step_curve("mse", r"$\log_{10}$ training MSE of $\bar f$: mean$_i (y_i - \bar f_i)^2$",
+                                        r"training MSE of $\bar f$ per step"),
+    "fbar_per_sample.png": _fbar_per_sample, "solver_steps.png": _solver_steps, "action_per_step.png": _action_per_step,
+}
+assert tuple(_FIGURES) == SINGLE_RUN_PLOTS
+
+
+def plot_single_run(record: dict, matrices: dict, plots_dir) -> list[Path]:
+    """Write every figure of :data:`SINGLE_RUN_PLOTS` into ``plots_dir``; returns their paths.
+
+    ``record``: the ``results.json`` content of a non-lightweight run; ``matrices``: ``data_kernel``
+    (X X^T), ``q_gp`` (Q at the NNGP limit) and ``q_end`` (Q at the solution), each ``(N, N)``.
+    """
+    tag = _tag(record)
+    return [save_figure(figure(record, matrices, tag), Path(plots_dir) / name) for name, figure in _FIGURES.items()]

@@ -15,7 +15,6 @@ Both proposals are N(mean(v), s^2 I); the Hastings ratio is computed from that d
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -48,7 +48,7 @@ def two_well_problem():
 def reference_q_g(K, A, activation, siga2):
     """``(Q, scale * G)`` of the fused EoS forms written as plain dense torch (the evaluation this
     project used before the compiled loops, with the ReLU cosine snapped at +-1 as in
-    :func:`~shallow_collapse.activations.relu_maps`): the oracle of the fast path."""
+    :class:`~shallow_collapse.closed_forms.ReluFamilyMap`): the oracle of the fast path."""
     diag = torch.diagonal(K)
     if activation == "erf":
         D = 1.0 + 2.0 * diag

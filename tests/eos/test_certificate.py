@@ -7,6 +7,7 @@ import torch
 from scipy.optimize import brentq
 
 from shallow_collapse import eos
+from shallow_collapse.eos.certificate import curvature
 
 from eos_cases import PAPER, dense_derivative_1d, paper_data, two_well_problem
 
@@ -18,7 +19,7 @@ def test_certificate_tells_minima_from_the_maximum_between_them():
     deriv = lambda s: dense_derivative_1d(ds.X, ds.y, s, chi, sig2=params.sig2)  # noqa: E731
     # Stationary points by bracketed roots of dS/ds: the two wells and the barrier between them.
     points = [brentq(deriv, a, b, xtol=1e-14) for a, b in ((0.05, 0.5), (0.5, 5.0), (5.0, 30.0))]
-    curvatures = [eos._curvature(ev, ev.state(torch.tensor([[s]], dtype=torch.float64)), chi) for s in points]
+    curvatures = [curvature(ev, ev.state(torch.tensor([[s]], dtype=torch.float64)), chi) for s in points]
     assert curvatures[0] > 0 and curvatures[2] > 0 and curvatures[1] < 0
 
 

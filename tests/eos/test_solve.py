@@ -241,24 +241,24 @@ def test_relu_at_the_papers_sig2_d2_is_ok_or_noise_limited_with_a_bound(N):
 
 
 def test_newton_polish_core_reaches_known_minimum_and_rejects_bad_steps():
-    """strategies._newton on the gradient of a strictly convex function with a known minimum:
+    """strategies.newton_steps on the gradient of a strictly convex function with a known minimum:
     a quadratic (the FD Hessian of a linear gradient is exact up to round-off, so one step lands
     on the minimum) and sum cosh(x - c) (minimum at c); a gradient that grows along every Newton
     step (a maximum) gets no step taken."""
     import numpy as np
-    from shallow_collapse.eos.strategies import _newton
+    from shallow_collapse.eos.strategies import newton_steps
     rng = np.random.default_rng(0)
     B = rng.standard_normal((3, 3))
     A, c = B @ B.T + 3 * np.eye(3), rng.standard_normal(3)
     quad = lambda x: A @ (x - c)
-    x, g, steps = _newton(quad, np.zeros(3), quad(np.zeros(3)), step=1e-3, maxiter=8, accept=0.5)
+    x, g, steps = newton_steps(quad, np.zeros(3), quad(np.zeros(3)), step=1e-3, maxiter=8, accept=0.5)
     assert steps >= 1 and np.abs(x - c).max() < 1e-10
     cosh = lambda x: np.sinh(x - c)
-    x, g, steps = _newton(cosh, np.zeros(3), cosh(np.zeros(3)), step=1e-6, maxiter=8, accept=0.5)
+    x, g, steps = newton_steps(cosh, np.zeros(3), cosh(np.zeros(3)), step=1e-6, maxiter=8, accept=0.5)
     assert np.abs(x - c).max() < 1e-8
     # arctan(x - 3) from x = 0: the Newton step overshoots to where |g| is larger (Newton on
     # arctan diverges from |x - 3| > 1.39), so no step is taken.
     far = lambda x: np.arctan(x - 3.0)
     x0 = np.zeros(1)
-    x, g, steps = _newton(far, x0, far(x0), step=1e-6, maxiter=8, accept=0.5)
+    x, g, steps = newton_steps(far, x0, far(x0), step=1e-6, maxiter=8, accept=0.5)
     assert steps == 0 and np.array_equal(x, x0)

@@ -1,8 +1,10 @@
 """The exact check of the sampler (docs/MATH.md): with h = 1 the posterior of w in R^d is a known density,
-and quadrature on a grid gives E[K_W] and E|w|^2 to any accuracy; the chains must agree within their standard errors."""
+and quadrature on a grid gives E[K_W]'s NC1, E[w w^T] and the Rao-Blackwellised E[f] to any accuracy; the
+chains must agree within their standard errors, for erf and ReLU, at sig2 = 1e-2 and at the paper's 1e-6."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +13,11 @@ import torch
 from shallow_collapse.params import PosteriorParams
 from shallow_collapse.posterior import sample_posterior
 
-SIGW2, SIGA2, SIG2 = 1.0, 1.0, 0.1  # h = 1: the readout's prior variance is siga2 / h = 1
+SIGW2, SIGA2 = 1.0, 1.0  # h = 1: the readout's prior variance is siga2 / h = 1
 LABELS = torch.tensor([0, 0, 0, 1, 1, 1])
+PHI = {"erf": (torch.erf, lambda z: torch.erf(torch.from_numpy(z)).numpy()),
+       "relu": (torch.relu, lambda z: np.maximum(z, 0.0))}
+GROUPS, CHAINS = 16, 2  # 16 independent groups of 2 chains: the spread of the group means gives the SE
 
 
 def _data(d: int):
@@ -22,48 +27,94 @@ def _data(d: int):
     return X, (2.0 * LABELS - 1).to(torch.float64)
 
 
-def _traces(f: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tr Sigma_W, Tr Sigma_B of the one-feature kernel K = siga2 f f^T, for f ``(G, N)``."""
-    f = f * math.sqrt(SIGA2)
-    means = np.stack([f[:, labels == c].mean(1) for c in (0, 1)], 1)  # (G, 2)
-    tr_w = ((f - means[:, labels]) ** 2).mean(1)
-    tr_b = ((means - f.mean(1, keepdims=True)) ** 2).mean(1)
-    return tr_w, tr_b
-
-
-def _quadrature(X: np.ndarray, y: np.ndarray, n: int) -> tuple[float, float]:
-    """log10 NC1 of E[K_W] and E|w|^2 by the midpoint rule on n^d points of [-8 s, 8 s]^d, s = sqrt(sigw2/d).
-
-    log p(w) = -d |w|^2 / (2 sigw2) - y^T C^-1 y / 2 - log det C / 2 with the rank-one
-    C = siga2 f f^T + sig2 I, f = erf(X w): C^-1 = (I - siga2 f f^T / (sig2 + siga2 |f|^2)) / sig2 and
+def _log_density(w: np.ndarray, X: np.ndarray, y: np.ndarray, phi, sig2: float):
+    """log p(w) + const and f = phi(X w) for w ``(G, d)``. With h = 1 the covariance is rank one,
+    C = siga2 f f^T + sig2 I: C^-1 = (I - siga2 f f^T / (sig2 + siga2 |f|^2)) / sig2 and
     log det C = (N - 1) log sig2 + log(sig2 + siga2 |f|^2)."""
-    N, d = X.shape
+    d = X.shape[1]
+    f = phi(w @ X.T)
+    ff, fy = (f**2).sum(1), f @ y
+    quad = ((y @ y) - SIGA2 * fy**2 / (sig2 + SIGA2 * ff)) / sig2
+    return -d * (w**2).sum(1) / (2 * SIGW2) - 0.5 * quad - 0.5 * np.log(sig2 + SIGA2 * ff), f, fy, ff
+
+
+def _grid(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """Midpoints of n^d cells of the box [lo, hi]."""
+    axes = [a + (np.arange(n) + 0.5) * (b - a) / n for a, b in zip(lo, hi)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(lo))
+
+
+def _quadrature(X: np.ndarray, y: np.ndarray, phi, sig2: float, n: int) -> dict:
+    """Posterior moments by the midpoint rule: first on [-8 s, 8 s]^d (s = sqrt(sigw2 / d)), then on n^d
+    cells of the box that holds every cell within e^-40 of the largest density (a margin of two coarse
+    cells), so that a sharp posterior is resolved as well as a broad one."""
+    d = X.shape[1]
     half = 8 * math.sqrt(SIGW2 / d)
-    axis = -half + (np.arange(n) + 0.5) * (2 * half / n)
-    w = np.stack(np.meshgrid(*[axis] * d, indexing="ij"), -1).reshape(-1, d)
-    f = torch.erf(torch.from_numpy(w @ X.T)).numpy()  # (G, N)
-    ff = (f**2).sum(1)
-    fy = f @ y
-    quad = ((y @ y) - SIGA2 * fy**2 / (SIG2 + SIGA2 * ff)) / SIG2
-    logp = -d * (w**2).sum(1) / (2 * SIGW2) - 0.5 * quad - 0.5 * np.log(SIG2 + SIGA2 * ff)
+    coarse = _grid(np.full(d, -half), np.full(d, half), n)
+    logp = _log_density(coarse, X, y, phi, sig2)[0]
+    keep = coarse[logp > logp.max() - 40]
+    margin = 2 * 2 * half / n
+    w = _grid(np.maximum(keep.min(0) - margin, -half), np.minimum(keep.max(0) + margin, half), n)
+    logp, f, fy, ff = _log_density(w, X, y, phi, sig2)
     p = np.exp(logp - logp.max())
     p /= p.sum()
-    tr_w, tr_b = _traces(f, LABELS.numpy())
-    return math.log10((p * tr_w).sum() / (p * tr_b).sum()), float((p * (w**2).sum(1)).sum())
+    fs = f * math.sqrt(SIGA2)
+    means = np.stack([fs[:, LABELS.numpy() == c].mean(1) for c in (0, 1)], 1)
+    tr_w = ((fs - means[:, LABELS.numpy()]) ** 2).mean(1)
+    tr_b = ((means - fs.mean(1, keepdims=True)) ** 2).mean(1)
+    mean_f = f * (SIGA2 * fy / (sig2 + SIGA2 * ff))[:, None]  # E[f | w] = f E[a | w]
+    return {"log10_nc1": math.log10(p @ tr_w / (p @ tr_b)), "ww": np.einsum("g,gi,gj->ij", p, w, w), "f": p @ mean_f}
 
 
-@pytest.mark.parametrize("d, n", [(1, 4000), (2, 600)])
-def test_chains_agree_with_quadrature_for_one_hidden_unit(d, n):
+CASES = [("erf", 1, 1e-2), ("erf", 1, 1e-6), ("erf", 2, 1e-2), ("erf", 2, 1e-6), ("relu", 2, 1e-2), ("relu", 2, 1e-6)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act, d, sig2", CASES)
+def test_chains_agree_with_quadrature_or_say_they_did_not_converge(act, d, sig2):
+    """erf: every group of chains is ok and agrees with quadrature. ReLU: the one-unit posterior is
+    multimodal (the sign pattern of relu(X w) splits w-space into regions the chains do not cross),
+    and at sig2 = 1e-2 and 1e-6 the chains do not mix; the test pins that the diagnostics of 32
+    chains say so (not_converged), rather than a wrong ok. (ReLU at
+    d = 1 is left out: there relu(X w) has one shape per sign of w, so NC1 takes two values and its
+    series is constant within a chain, which no convergence check can judge.)"""
     X, y = _data(d)
-    exact_nc1, exact_w2 = _quadrature(X.numpy(), y.numpy(), n)
-    coarse_nc1, coarse_w2 = _quadrature(X.numpy(), y.numpy(), n // 2)
+    n = 40000 if d == 1 else 800
+    exact = _quadrature(X.numpy(), y.numpy(), PHI[act][1], sig2, n)
+    coarse = _quadrature(X.numpy(), y.numpy(), PHI[act][1], sig2, n // 2)
     # the midpoint rule has converged far below the sampler's errors
-    assert abs(coarse_nc1 - exact_nc1) < 1e-4 and abs(coarse_w2 - exact_w2) < 1e-4 * exact_w2
-    params = PosteriorParams(chains=16, burn_in=500, samples=2000, thin=1)
-    (r,) = sample_posterior(X[None], y[None, :, None], LABELS, torch.erf, sigw2=SIGW2, siga2=SIGA2, sig2=SIG2,
-                            h=1, params=params, seeds=list(range(100, 116)))
-    assert r.status == "ok", r.message
-    # standard errors from the spread over the 16 independent chains (delta method for the ratio)
-    assert abs(r.log10_nc1 - exact_nc1) < 4 * r.se_log10_nc1, (r.log10_nc1, exact_nc1, r.se_log10_nc1)
-    assert abs(r.sigma_trace - exact_w2) < 4 * r.se_sigma_trace, (r.sigma_trace, exact_w2, r.se_sigma_trace)
-    assert r.se_log10_nc1 < 0.05 and r.se_sigma_trace < 0.05 * exact_w2  # errors small enough to matter
+    assert abs(coarse["log10_nc1"] - exact["log10_nc1"]) < 1e-4
+    assert np.abs(coarse["ww"] - exact["ww"]).max() < 1e-4 * np.abs(exact["ww"]).max()
+    assert np.abs(coarse["f"] - exact["f"]).max() < 1e-4
+    # 4000 samples per chain at d = 1; at d = 2 the chains need 16000 to visit the posterior's tails
+    # often enough that the spread over groups is a faithful standard error (measured: at 4000 the
+    # E[f] entries of erf, d = 2, sig2 = 1e-2 lay up to 5.7 group SE off; at 16000 within 1.1).
+    params = PosteriorParams(chains=CHAINS, burn_in=2000, samples=4000 if d == 1 else 16000, thin=1)
+    if act == "relu":
+        # All 32 chains as one draw: their R-hat must flag the chains that sit in different modes.
+        # (A group of 2 chains can sit in one mode together and pass: measured at relu, d = 2,
+        # sig2 = 1e-2, one such group was reported ok 0.002 = 13 SE away from quadrature; the
+        # status is only as good as the spread of the chains' starting points.)
+        (pooled,) = sample_posterior(X[None], y[None, :, None], LABELS, PHI[act][0], sigw2=SIGW2, siga2=SIGA2,
+                                     sig2=sig2, h=1, params=replace(params, chains=GROUPS * CHAINS),
+                                     seeds=list(range(100, 100 + GROUPS * CHAINS)))
+        assert pooled.status == "not_converged" and pooled.rhat > 1.1, (pooled.rhat, pooled.ess)
+        return
+    results = sample_posterior(X[None].repeat(GROUPS, 1, 1), y[None, :, None].repeat(GROUPS, 1, 1), LABELS,
+                               PHI[act][0], sigw2=SIGW2, siga2=SIGA2, sig2=sig2, h=1, params=params,
+                               seeds=list(range(100, 100 + GROUPS * CHAINS)))
+    ok = [r for r in results if r.status == "ok"]
+    assert len(ok) == GROUPS, [r.message for r in results if r.status != "ok"]
+    # Standard errors from the spread of 16 independent groups of chains. The entries of E[w w^T]
+    # (d(d+1)/2) and E[f] (6) are 4 erf cases x up to 9 comparisons, each a t-statistic with 15
+    # degrees of freedom: at 5 SE one of the 36 exceeds the bound by chance with probability about
+    # 36 x 4e-4 = 1.5% (at 4 SE about 8%), so the entries are held to 5 SE and the one NC1 per case to 4.
+    ww = np.stack([r.sigma for r in results])
+    f = np.stack([r.f[:, 0] for r in results])
+    for values, target in ((ww, exact["ww"]), (f, exact["f"])):
+        mean, se = values.mean(0), values.std(0, ddof=1) / math.sqrt(GROUPS)
+        assert np.all(np.abs(mean - target) <= 5 * se), (act, d, sig2, mean, target, se)
+    log_nc1 = np.array([r.log10_nc1 for r in results])
+    mean, se = log_nc1.mean(), log_nc1.std(ddof=1) / math.sqrt(GROUPS)
+    assert abs(mean - exact["log10_nc1"]) < 4 * se, (mean, exact["log10_nc1"], se)
+    assert se < 0.05  # errors small enough to matter

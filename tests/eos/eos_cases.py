@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import torch
 
-from shallow_collapse import data
+from shallow_collapse import activations, data
 from shallow_collapse.params import EoSParams
 
-from conftest import dense_action  # noqa: F401 (re-exported for the EoS tests)
+from conftest import dense_action, solve_round_off  # noqa: F401 (dense_action re-exported for the EoS tests)
+
+EPS = torch.finfo(torch.float64).eps
 
 # The paper's AK hyper-parameters (configs/adaptive_kernels*.yml) are the defaults.
 PAPER = EoSParams()
@@ -45,18 +47,23 @@ def two_well_problem():
     return ds, paper(sig2=1e-3, h=10.0)
 
 
-def reference_q_g(K, A, activation, siga2):
+def reference_q_g(K, A, activation, siga2, envelope=False):
     """``(Q, scale * G)`` of the fused EoS forms written as plain dense torch (the evaluation this
     project used before the compiled loops, with the ReLU cosine snapped at +-1 as in
-    :func:`~shallow_collapse.activations.relu_maps`): the oracle of the fast path."""
+    :func:`~shallow_collapse.activations.relu_maps`): the oracle of the fast path.
+    ``envelope=True``: G with every term replaced by its size (|A|, |C|, diagonal sums added), the
+    scale of G's round-off (an entry errs by a few eps of it, a diagonal sum by N eps of it)."""
     diag = torch.diagonal(K)
+    if envelope:
+        K, A = K.abs(), A.abs()
+    sign = 1.0 if envelope else -1.0
     if activation == "erf":
         D = 1.0 + 2.0 * diag
         rr = 2.0 * torch.outer(D.rsqrt(), D.rsqrt())
         C = (K * rr).clamp(-1.0, 1.0)
         Q = siga2 * (2.0 / math.pi) * torch.asin(C)
         B = A * (1.0 - C * C).clamp_min(1e-300).rsqrt()
-        G = B * rr - torch.diag(2.0 * (B * C).sum(1) / D)
+        G = B * rr + sign * torch.diag(2.0 * (B * C).sum(1) / D)
         return Q, siga2 * (2.0 / math.pi) * G
     n = torch.sqrt(torch.outer(diag, diag))
     cos = (K / n).clamp(-1.0, 1.0)
@@ -69,8 +76,7 @@ def reference_q_g(K, A, activation, siga2):
 
 
 def reference_state(X, y, Sigma, activation, siga2, sig2):
-    """``(Q, alpha, nll, T, T_scale)`` at ``Sigma`` by :func:`reference_q_g` and torch's dense
-    Cholesky; ``T_scale = max(|X|^T |G| |X|)``, the scale of the round-off of the sum T = X^T G X."""
+    """``(Q, alpha, nll, T)`` at ``Sigma`` by :func:`reference_q_g` and torch's dense Cholesky."""
     K = X @ Sigma @ X.T
     Q, _ = reference_q_g(K, torch.zeros_like(K), activation, siga2)
     M = Q + sig2 * torch.eye(len(y), dtype=torch.float64)
@@ -80,4 +86,53 @@ def reference_state(X, y, Sigma, activation, siga2, sig2):
     _, G = reference_q_g(K, A, activation, siga2)
     T = X.T @ G @ X
     nll = 0.5 * float(y @ alpha) + float(torch.log(torch.diagonal(L)).sum())
-    return Q, alpha, nll, 0.5 * (T + T.T), float((X.abs().T @ G.abs() @ X.abs()).max())
+    return Q, alpha, nll, 0.5 * (T + T.T)
+
+
+def kernel_jacobian(X, Sigma, activation, siga2):
+    """``J[i, j, a, b] = dQ_ij / dSigma_ab`` ``(N, N, d, d)`` of ``Q = siga2 Kphi(X Sigma X^T)`` by
+    autograd; ReLU at d = 1 (every pair collinear, where acos has no derivative) by homogeneity:
+    Q(s) = s Q(1), so J = Q / s (Q from :func:`reference_q_g`, which snaps the cosine at +-1)."""
+    if activation == "relu" and Sigma.shape == (1, 1):
+        K = X @ Sigma @ X.T
+        return (reference_q_g(K, K, "relu", siga2)[0] / Sigma[0, 0])[:, :, None, None]
+    return torch.autograd.functional.jacobian(lambda S: siga2 * activations.kernel_phi(X @ S @ X.T, activation),
+                                              Sigma)
+
+
+def t_round_off(X, y, Sigma, activation, siga2, sig2):
+    """``(bound, kappa(M))``: ``bound`` on ``max|T - T'|`` for two float64 computations of
+    ``T_ab = sum_ij A_ij dQ_ij/dSigma_ab`` (A held fixed), ``A = M^{-1} - alpha alpha^T``, each
+    from its own backward-stable factorisation of ``M = Q + sig2 I``. Per computation:
+    - the sums: T = X^T G X is two nested sums of N terms and G's diagonal one more, so it errs by
+      <= 3 N eps sum_ij |A_ij| |J_ijab| (Higham, section 4.2; J = dQ/dSigma);
+    - A: the factorisation is exact for M + E, ||E||_2 <= N eps ||M||_2 (``solve_round_off``); to
+      first order dA = -M^-1 E M^-1 + M^-1 E a a^T + a a^T E M^-1 (a = alpha), so T_ab moves by
+      tr(E W_ab) <= ||E||_2 ||W_ab||_* with W_ab = -M^-1 J_ab M^-1 + a a^T J_ab M^-1 + M^-1 J_ab a a^T.
+    This grows with kappa(M) through M^-1 and alpha (ReLU at sig2 = 1e-6: ~2e-6 of max|T|, at
+    sig2 = 1e-2: ~1e-13), and it is computed here, not assumed; a wrong or missing term of T
+    (O(1) relative) stays far outside it."""
+    N, d = X.shape
+    J = kernel_jacobian(X, Sigma, activation, siga2)
+    K = X @ Sigma @ X.T
+    M = reference_q_g(K, K, activation, siga2)[0] + sig2 * torch.eye(N, dtype=torch.float64)
+    M_inv = torch.linalg.inv(M)
+    aa = torch.outer(M_inv @ y, M_inv @ y)
+    sums = 3 * N * EPS * float(torch.einsum("ij,ijab->ab", (M_inv - aa).abs(), J.abs()).max())
+    w = 0.0
+    for a in range(d):
+        for b in range(a, d):
+            J_ab = 0.5 * (J[:, :, a, b] + J[:, :, b, a])
+            W = -M_inv @ J_ab @ M_inv + aa @ J_ab @ M_inv + M_inv @ J_ab @ aa
+            w = max(w, float(torch.linalg.matrix_norm(W, "nuc")))
+    norm_M = float(torch.linalg.matrix_norm(M, 2))
+    return 2 * (sums + solve_round_off(N, 1.0) * norm_M * w), float(torch.linalg.cond(M))
+
+
+def kernel_map_round_off(K, Q):
+    """Bound on ``max|Q - Q'|`` for two float64 evaluations of ``Q = siga2 Kphi(K)`` entrywise (no
+    sums): each entry is a few correctly rounded operations, amplified by the map's condition in
+    K: at most sqrt(1 + 2 max K_ii) for erf (asin near C = +-1, 1 - C^2 >= 1 / (1 + 2 K_ii)) and
+    ~1 for ReLU (the cosine snapped at +-1). 64 eps max|Q| times that: independent of N and of the
+    solve; a wrong constant in a kernel map is O(1)."""
+    return 64 * EPS * math.sqrt(1.0 + 2.0 * float(torch.diagonal(K).max())) * float(Q.abs().max())

@@ -178,3 +178,25 @@ def solve_round_off(N: int, kappa: float, c: float = 1.0) -> float:
     ||E|| <= c N eps ||M|| (Higham, Thm 10.3/10.4), and c ~ 1 normwise in practice."""
     import torch
     return c * N * torch.finfo(torch.float64).eps * kappa
+
+
+def nc1_round_off(K, labels, entry_rel: float = 64 * torch.finfo(torch.float64).eps, dK=None) -> float:
+    """Bound on ``|NC1(K') - NC1(K)|`` for two float64 computations of one kernel ``K`` ``(N, N)``
+    whose entries agree to ``entry_rel`` relative (a kernel map's few roundings times its
+    condition, ~1; 64 eps by default), each reduced to NC1 by block sums of N^2 terms.
+    Tr(Sigma_W) and Tr(Sigma_B) are signed sums of K's entries (:func:`metrics.kernel_traces`):
+    each moves by at most ``(entry_rel + 2 N eps) sum_ij |dTr/dK_ij| |K_ij|`` (the sizes of its
+    terms, by autograd here; 2 N eps for sums of N row sums, Higham section 4.2), so NC1 = w / b
+    moves by at most ``(dw + NC1 db) / b``, twice that for two computations. It grows where the
+    traces cancel (classes far apart or mixed) and stays ~1e-11 relative on the paper's data.
+    ``dK``: a further entrywise perturbation (e.g. from Sigma != Sigma0), counted to first order."""
+    from shallow_collapse.metrics import kernel_traces
+
+    K = K.detach().to(torch.float64).clone().requires_grad_(True)
+    w, b = kernel_traces(K, labels)
+    gw, gb = (torch.autograd.grad(t, K, retain_graph=True)[0] for t in (w, b))
+    delta = entry_rel + 2 * K.shape[-1] * torch.finfo(torch.float64).eps
+    size = delta * K.detach().abs() + (0.0 if dK is None else torch.as_tensor(dK).abs())
+    dw, db = (float((g.abs() * size).sum()) for g in (gw, gb))
+    w, b = float(w.detach()), float(b.detach())
+    return 2 * (dw + (w / b) * db) / b

@@ -136,3 +136,42 @@ def kernel_map_round_off(K, Q):
     ~1 for ReLU (the cosine snapped at +-1). 64 eps max|Q| times that: independent of N and of the
     solve; a wrong constant in a kernel map is O(1)."""
     return 64 * EPS * math.sqrt(1.0 + 2.0 * float(torch.diagonal(K).max())) * float(Q.abs().max())
+
+
+def action_round_off(X, y, S, chi, params):
+    """``(abs_tol, rel)``: a round-off bound on the action S(Sigma) computed by two backward-stable
+    paths, and ``rel = N eps kappa(M)``, the relative error bound of M^{-1} y and M^{-1}.
+
+    A Cholesky factorisation (or LU solve) of M is exact for M + E with ||E|| <= c N eps ||M||
+    (Higham, Thm 10.3/10.4; c ~ 1 normwise in practice). Then with x = M^{-1} y:
+    - the data term q = y^T M^{-1} y changes by |x^T E x| <= ||E|| ||x||^2 <= ||E|| q / lambda_min,
+      i.e. by at most N eps kappa(M) q;
+    - log det M changes by |tr(M^{-1} E)| <= N ||E|| / lambda_min = N (N eps kappa(M)).
+    The prior part (d x d, well conditioned) adds a few eps of its size, covered by the slack.
+    kappa(M) is computed here (~1e7 at sig2 = 1e-6, ~1e3 at 1e-2). ``params``: a dict with
+    activation, sigw2, siga2, sig2. The same expression bounds one computation against the exact
+    value."""
+    N = len(y)
+    K = X @ S @ X.T
+    M = reference_q_g(K, K, params["activation"], params["siga2"])[0] + params["sig2"] * torch.eye(N, dtype=torch.float64)
+    rel = solve_round_off(N, float(torch.linalg.cond(M)))
+    q = float(y @ torch.linalg.solve(M, y))
+    d = S.shape[0]
+    prior = 0.5 * chi * ((d / params["sigw2"]) * float(torch.trace(S)) + abs(float(torch.linalg.slogdet(S)[1])))
+    return rel * (0.5 * q + 0.5 * N) + 64 * torch.finfo(torch.float64).eps * prior, rel
+
+
+def action_gap_bound(X, y, params, Sigma1, Sigma2, chi):
+    """Bound on the difference of the computed actions at two nearby points (two solutions of
+    one EoS within the solver's rtol): the exact difference is, by the trapezoid rule,
+    <(g1 + g2)/2, Sigma2 - Sigma1> plus a remainder cubic in |Sigma2 - Sigma1| (~1e-8 relative,
+    so negligible; x2 covers it), with the gradients g by autograd through :func:`dense_action`;
+    each computed action adds its round-off (:func:`action_round_off`, ~N eps kappa(M))."""
+    grads = []
+    for S in (Sigma1, Sigma2):
+        S = S.detach().clone().requires_grad_(True)
+        dense_action(X, y, S, chi, **params).backward()
+        grads.append(0.5 * (S.grad + S.grad.T))
+    trapezoid = abs(float((0.5 * (grads[0] + grads[1]) * (Sigma2 - Sigma1)).sum()))
+    round_off = sum(action_round_off(X, y, S.detach(), chi, params)[0] for S in (Sigma1, Sigma2))
+    return 2 * trapezoid + round_off

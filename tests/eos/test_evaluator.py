@@ -10,8 +10,8 @@ import torch
 from shallow_collapse import activations, data, eos
 
 from conftest import assert_slope_is_a_central_difference, solve_round_off
-from eos_cases import (EPS, dense_action, kernel_map_round_off, paper, paper_data, random_sigma, reference_q_g,
-                       reference_state, t_round_off)
+from eos_cases import (EPS, action_round_off, dense_action, kernel_map_round_off, paper, paper_data, random_sigma,
+                       reference_q_g, reference_state, t_round_off)
 
 
 # -- the map and its closed-form gradient ------------------------------------------------------
@@ -106,27 +106,6 @@ def test_unusable_sigma_raises_evaluation_error():
 
 # -- the action --------------------------------------------------------------------------------
 
-def _action_round_off(X, y, S, chi, params):
-    """``(abs_tol, rel)``: a round-off bound on the action S(Sigma) computed by two backward-stable
-    paths, and ``rel = N eps kappa(M)``, the relative error bound of M^{-1} y and M^{-1}.
-
-    A Cholesky factorisation (or LU solve) of M is exact for M + E with ||E|| <= c N eps ||M||
-    (Higham, Thm 10.3/10.4; c ~ 1 normwise in practice). Then with x = M^{-1} y:
-    - the data term q = y^T M^{-1} y changes by |x^T E x| <= ||E|| ||x||^2 <= ||E|| q / lambda_min,
-      i.e. by at most N eps kappa(M) q;
-    - log det M changes by |tr(M^{-1} E)| <= N ||E|| / lambda_min = N (N eps kappa(M)).
-    The prior part (d x d, well conditioned) adds a few eps of its size, covered by the slack.
-    kappa(M) is computed here (~1e7 at sig2 = 1e-6, ~1e3 at 1e-2)."""
-    N = len(y)
-    M = params["siga2"] * activations.kernel_phi(X @ S @ X.T, params["activation"]) \
-        + params["sig2"] * torch.eye(N, dtype=torch.float64)
-    rel = solve_round_off(N, float(torch.linalg.cond(M)))
-    q = float(y @ torch.linalg.solve(M, y))
-    d = S.shape[0]
-    prior = 0.5 * chi * ((d / params["sigw2"]) * float(torch.trace(S)) + abs(float(torch.linalg.slogdet(S)[1])))
-    return rel * (0.5 * q + 0.5 * N) + 64 * torch.finfo(torch.float64).eps * prior, rel
-
-
 @pytest.mark.parametrize("activation,sig2", [("erf", 1e-6), ("erf", 1e-2), ("relu", 1e-6), ("relu", 1e-2)])
 def test_action_and_gradient_match_autograd_and_finite_differences(activation, sig2):
     ds = paper_data(40, 3, seed=2)
@@ -140,9 +119,9 @@ def test_action_and_gradient_match_autograd_and_finite_differences(activation, s
     ref.backward()
     ref = ref.detach()
     ref_grad = 0.5 * (S_var.grad + S_var.grad.T)
-    value_tol, T_rel = _action_round_off(ds.X, ds.y, S, chi, params)
+    value_tol, T_rel = action_round_off(ds.X, ds.y, S, chi, params)
     # Value: Cholesky log-diagonals and solves against slogdet and a dense solve, both backward
-    # stable; the bound is derived in _action_round_off (~1e-2 absolute, 1.2e-7 relative, for ReLU
+    # stable; the bound is derived in action_round_off (~1e-2 absolute, 1.2e-7 relative, for ReLU
     # at sig2 = 1e-6 where kappa(M) ~ 1e7; observed 1e-3..1e-5 of it on Haswell and SkylakeX
     # OpenBLAS). It still tells a wrong formula: the noise counted twice in M moves the action by
     # over 100 times the bound in every case.
@@ -191,7 +170,7 @@ def _assert_state_within_round_off(state, reference, ds, S, activation, siga2, s
     within N eps kappa(M) relative (``solve_round_off``); fbar = y - sig2 alpha, so sig2 times
     alpha's error (plus N eps max|y| for a path that forms fbar by a sum of N terms, as the
     collinear one does); nll = y^T alpha / 2 + log det M / 2, each solve within N eps kappa(M) (q/2 + N/2)
-    (see ``_action_round_off``); T by :func:`t_round_off`. A wrong factor anywhere (sig2 or siga2
+    (see ``action_round_off``); T by :func:`t_round_off`. A wrong factor anywhere (sig2 or siga2
     counted twice, a missing term of G) is O(1e-2) relative or more, far outside all of these."""
     Q, alpha, nll, T = reference
     N = len(ds.y)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import torch
@@ -96,8 +97,11 @@ def kernel_jacobian(X, Sigma, activation, siga2):
     if activation == "relu" and Sigma.shape == (1, 1):
         K = X @ Sigma @ X.T
         return (reference_q_g(K, K, "relu", siga2)[0] / Sigma[0, 0])[:, :, None, None]
-    return torch.autograd.functional.jacobian(lambda S: siga2 * activations.kernel_phi(X @ S @ X.T, activation),
-                                              Sigma)
+    # forward mode: d^2 directional derivatives (reverse mode would take N^2 backward passes); its
+    # first use makes torch script its jvp decompositions, which warns that torch.jit is deprecated
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+        return torch.func.jacfwd(lambda S: siga2 * activations.kernel_phi(X @ S @ X.T, activation))(Sigma)
 
 
 def t_round_off(X, y, Sigma, activation, siga2, sig2):

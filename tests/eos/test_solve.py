@@ -13,7 +13,7 @@ from shallow_collapse import eos, kernels, metrics
 from shallow_collapse.params import NetworkParams
 
 from conftest import nc1_round_off
-from eos_cases import (EPS, PAPER, SCHEDULE, action_gap_bound, action_round_off, dense_action, dense_derivative_1d,
+from eos_cases import (PAPER, SCHEDULE, action_gap_bound, action_round_off, dense_action, dense_derivative_1d,
                        kernel_jacobian, paper, paper_data, two_well_problem)
 
 

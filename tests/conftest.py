@@ -192,7 +192,7 @@ def nc1_round_off(K, labels, entry_rel: float = 64 * torch.finfo(torch.float64).
     ``dK``: a further entrywise perturbation (e.g. from Sigma != Sigma0), counted to first order."""
     from shallow_collapse.metrics import kernel_traces
 
-    K = K.detach().to(torch.float64).clone().requires_grad_(True)
+    K = torch.as_tensor(K).detach().to(torch.float64).clone().requires_grad_(True)
     w, b = kernel_traces(K, labels)
     gw, gb = (torch.autograd.grad(t, K, retain_graph=True)[0] for t in (w, b))
     delta = entry_rel + 2 * K.shape[-1] * torch.finfo(torch.float64).eps

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shallow_collapse import activations, data, eos  # noqa: E402
+from shallow_collapse.eos.passes import generic, passes_for  # noqa: E402
 from shallow_collapse.kernels import limiting_kernels_nc1  # noqa: E402
 from shallow_collapse.data import class_labels  # noqa: E402
 from shallow_collapse.params import NetworkParams  # noqa: E402
@@ -58,15 +59,13 @@ def accuracy(quick: bool):
     for name in names + ["leaky_relu(0.2)"]:
         act = activations.get("leaky_relu", slope=0.2) if name == "leaky_relu(0.2)" else activations.get(name)
         worst = [0.0, 0.0, 0.0]
+        pairs = [(act.kernel_map, passes_for(act.kernel_map)), (act.numerical, generic(act.numerical))]
         for _, K in ks:
-            F, Kd = act.maps(K)
-            Fn, Kdn = act.numerical.maps(K)
             A = torch.randn(K.shape, generator=g, dtype=torch.float64)
             A = A + A.T
-            _, ctx = act.eos_q(K.clone(), K.diagonal().clone(), 1.0)
-            _, ctxn = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 1.0)
-            G, s = act.eos_g(A.clone(), ctx, 1.0)
-            Gn, sn = act.numerical.eos_g(A.clone(), ctxn, 1.0)
+            (F, Kd, G, s), (Fn, Kdn, Gn, sn) = (
+                (*kmap.maps(K), *p.g(A.clone(), p.q(K.clone(), K.diagonal().clone(), 1.0)[1], 1.0))
+                for kmap, p in pairs)
             worst = [max(w, e) for w, e in zip(worst, (rel(Fn, F), rel(Kdn, Kd), rel(Gn * sn, G * s)))]
         print(f"{name:12s} {worst[0]:9.1e} {worst[1]:9.1e} {worst[2]:9.1e} {max(worst[:2]) / NT_TOLERANCE:10.1e}")
 

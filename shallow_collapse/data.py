@@ -299,7 +299,7 @@ def check_cells(cfg: dict, groups, dims, sizes_key: str, d_key: str) -> None:
                 cell = "n" + "-".join(map(str, sizes))
                 raise _refuse(sizes_key, f"cells the pool can fill: cell {cell} needs {need} points of class {c} "
                               f"(label {p.classes[c]}), {source_label(cfg)} has {have}", list(sizes))
-    D, n = p.X.shape
+    n, D = p.X.shape  # X is (points, features)
     for d in dims:
         if d > D or d > n:
             raise _refuse(d_key, f"at most {min(D, n)} principal components ({source_label(cfg)} has D={D} "

@@ -3,7 +3,9 @@
 The index is rebuilt from the folders each time (nothing is kept anywhere else), so it is current
 after every run, comes back when deleted, and never lists a folder that is gone. Each row is one
 run folder ``OUT/<name>/<hash>/`` (a single run, a sweep, a comparison or the whole study): its
-job, hash, date, status (for a sweep: the result rows not ok), the config keys that differ from
+job, hash, date, status (for a sweep: the result rows not ok), its data source (``digits[3,8]``, a
+file's name and short hash such as ``feats.npz@1a2b3c4d5e6f[0,1]``, or the Gaussian class such as
+``GaussiandD2NL``; :func:`data.source_label`), the config keys that differ from
 that job's shipped config (``configs/<job>.yml``, or the schema's defaults where that file is
 absent), so that runs of one job can be told apart, and a link to its ``report.html``.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, read_yaml, resolve
+from .data import source_label
 from .report import REPORT, STYLE, html_link, html_table
 from .runs import atomic_write_text
 from .sweeps import read_table
@@ -47,6 +50,7 @@ class Entry:
     ok: bool
     differs: dict  # config keys whose value differs from the job's shipped config
     folder: str  # <name>/<hash>, relative to the output root
+    data: str = ""  # the data source, e.g. digits[3,8] ("" where the folder does not say)
 
 
 def _read_json(path: Path):
@@ -78,6 +82,15 @@ def _sweep_status(folder: Path) -> tuple[str, bool]:
     return (f"ok, {len(rows)} rows", True) if not bad else (f"{bad} of {len(rows)} rows not ok", False)
 
 
+def _data(meta: dict) -> str:
+    """The data source of a run folder's ``meta.json`` (folders written before it was recorded:
+    from the hashed config, which holds the data keys the run used)."""
+    if isinstance(meta.get("data"), str):
+        return meta["data"]
+    hashed = meta.get("hashed_config", {})
+    return source_label(hashed) if "training_data_cls" in hashed else ""
+
+
 def _run_entry(folder: Path, meta: dict) -> Entry:
     job = meta.get("job", "?")
     if (folder / "cells").is_dir() or (folder / "results.csv").is_file():
@@ -90,7 +103,7 @@ def _run_entry(folder: Path, meta: dict) -> Entry:
             status = str(results.get("status", "ok"))
             ok = status == "ok"
     return Entry(job, meta.get("hash", folder.name), meta.get("started", ""), status, ok,
-                 _differs(meta.get("hashed_config", {}), job), "")
+                 _differs(meta.get("hashed_config", {}), job), "", _data(meta))
 
 
 def _paper_entry(folder: Path, record: dict) -> Entry:
@@ -104,7 +117,11 @@ def _paper_entry(folder: Path, record: dict) -> Entry:
     status = str(record.get("status", "?"))
     ok = status == "ok" and not bad
     text = "ok" if ok else f"{status}, {bad} of {len(steps)} steps not ok"
-    return Entry("paper", record.get("hash", folder.name), record.get("started", ""), text, ok, differs, "")
+    sweeps = [Path(s["folder"]) for s in record.get("sweeps", {}).values() if isinstance(s.get("folder"), str)]
+    sweeps = [p for p in sweeps if len(p.parts) == 2 and ".." not in p.parts and not p.is_absolute()]  # <name>/<hash>
+    meta = _read_json(folder.parent.parent / sweeps[0] / "meta.json") if sweeps else None  # all see the same data
+    return Entry("paper", record.get("hash", folder.name), record.get("started", ""), text, ok, differs, "",
+                 _data(meta) if isinstance(meta, dict) else "")
 
 
 def _baseline_paper() -> dict:
@@ -170,7 +187,7 @@ def _locked(out_root: Path):
 
 def _page(rows: list[Entry]) -> str:
     cells = [{"job": e.job, "hash": html_link(f"{e.folder}/{REPORT}", e.hash), "date (UTC)": e.date[:19].replace("T", " "),
-              "status": e.status,
+              "status": e.status, "data": e.data,
               "differs from the shipped config": _differs_text(e.differs)} for e in rows]
     not_ok = {id(cell) for cell, e in zip(cells, rows) if not e.ok}
     table = html_table(cells, bad=lambda cell: id(cell) in not_ok, raw=("hash",))
@@ -202,10 +219,10 @@ def update_index(out_root) -> None:
 
 def terminal_table(rows: list[Entry]) -> str:
     """The index as aligned text columns."""
-    table = [("job", "hash", "date", "status", "differs from the shipped config")]
-    table += [(e.job, e.hash, e.date, e.status, _differs_text(e.differs)) for e in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in table)
+    table = [("job", "hash", "date", "status", "data", "differs from the shipped config")]
+    table += [(e.job, e.hash, e.date, e.status, e.data, _differs_text(e.differs)) for e in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5] for r in table)
 
 
 def main(argv=None) -> int:

@@ -166,9 +166,10 @@ def _clenshaw_plain(rho, Tr, Tc, C):
 
 class NumericalMaps:
     """Kphi, Kdphi and the EoS derivatives of ``phi`` (and ``dphi``, by autograd when None) by the
-    method of the module docstring, in the forms of :class:`shallow_collapse.activations.Activation`
-    (``maps``, ``kernel_phi``, ``eos_q``, ``eos_g``). ``tol``: relative size of the trailing Chebyshev
-    coefficients at which a table is accepted."""
+    method of the module docstring: a kernel map with the interface of the closed forms
+    (:mod:`shallow_collapse.closed_forms`: ``terms`` and ``maps``), plus :meth:`kernel_phi`, its
+    differentiable Kphi. ``tol``: relative size of the trailing Chebyshev coefficients at which a
+    table is accepted."""
 
     def __init__(self, phi: Callable, dphi: Callable | None = None, *, tol: float = 1e-14,
                  max_degrees: tuple[int, int] = MAX_DEGREES):
@@ -325,7 +326,12 @@ class NumericalMaps:
             if out[k] is not None:
                 out[k][idx] = vals[k]
 
-    # -- the forms an Activation supplies ----------------------------------------------------------
+    # -- the kernel-map interface (as :class:`shallow_collapse.closed_forms.ClosedForm`) ------------
+    def terms(self, K, a, b, p: bool = True):
+        """``(F, Kdphi, P)`` of ``K`` ``(..., n, m)`` with row variances ``a`` ``(..., n, 1)`` and column
+        variances ``b`` ``(..., 1, m)`` (P None unless ``p``)."""
+        return self.evaluate(K, a[..., 0], b[..., 0, :], derivatives=True, p=p)
+
     def maps(self, K, k_row=None, k_col=None):
         """``(Kphi, Kdphi)`` of ``K`` ``(..., n, m)``; ``k_row`` ``(..., n, 1)`` and ``k_col`` ``(..., 1, m)``
         (from the diagonal when None), or both of K's shape (elementwise: e.g. the diagonal itself)."""
@@ -380,17 +386,3 @@ class NumericalMaps:
         T = _basis(tab.sigma(diag), tab.C.shape[0])
         F = _clenshaw_plain(rho, T, T, tab.C)
         return torch.where(coll, line, F) if bool(coll.any()) else F
-
-    def eos_q(self, K, diag, siga2):
-        """``Q = siga2 Kphi(K)`` ``(N, N)`` and the context :meth:`eos_g` needs (``K`` is not kept)."""
-        F, Kd, P = self.evaluate(K, diag, diag, derivatives=True)
-        return F.mul_(siga2), (Kd, P)
-
-    def eos_g(self, A, ctx, siga2):
-        """``G = A o Kdphi + diag(sum_j A_ij P_ij)`` (``A`` overwritten) and the scale siga2:
-        ``scale * G = dTr(A Q)/dK`` with K's entries independent (docs/MATH.md section 6)."""
-        Kd, P = ctx
-        diag_term = torch.linalg.vecdot(A, P, dim=1)
-        G = A.mul_(Kd)
-        G.diagonal().add_(diag_term)
-        return G, siga2

@@ -56,7 +56,7 @@ def _recursion(K, k_row, k_col, net: NetworkParams):
     L = net.L
     if L < 2:
         raise ValueError(f"L must be >= 2 (one hidden layer at least), got {L}")
-    maps = net.act.maps
+    maps = net.act.kernel_map.maps
     sb2 = net.bias_std**2
     pre, post, ntk = [K], [], K
     for layer in range(2, L + 1):

@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import cli
 from .config import ConfigError, format_override, load_config
@@ -34,7 +33,8 @@ from .index import update_index
 from .jobs import JOBS
 from .plots import figure_formats
 from .report import write_report
-from .runs import OutputError, atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
+from .runs import (OutputError, atomic_write_json, atomic_write_text, config_text, make_folder, run_hash,
+                   software_versions)
 from .sweeps import read_table, write_table
 
 __all__ = ["SWEEPS", "USABLE_AK", "plan", "study_table", "cell_table", "run_study", "main", "TABLE_COLUMNS",
@@ -163,7 +163,7 @@ def run_study(config, overrides=(), out_root="out", command=()) -> Path:
     cells = cell_table(table)
     write_table(folder / "table.csv", table, TABLE_COLUMNS)
     write_table(folder / "cells.csv", cells, CELL_COLUMNS)
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(folder / "config.yaml", config_text(cfg, cfg))
     with figure_formats(cfg["plot_formats"]):
         plot_matched(cells, folder / "plots")
     atomic_write_json(folder / "study.json", {

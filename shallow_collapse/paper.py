@@ -28,7 +28,6 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 
 from . import cli, matched_study
 from .compare import compare
@@ -38,7 +37,8 @@ from .index import update_index
 from .jobs import GRID_SCOPES, JOBS
 from .progress import study_progress
 from .report import write_report
-from .runs import OutputError, atomic_write_json, atomic_write_text, make_folder, run_hash, software_versions
+from .runs import (OutputError, atomic_write_json, atomic_write_text, config_text, make_folder, run_hash,
+                   software_versions)
 from .sweeps import grid_cells, read_table
 
 __all__ = ["PAPER_SWEEPS", "plan", "study_hash", "run_paper", "main"]
@@ -143,7 +143,7 @@ def run_paper(paper_cfg: dict, shared: dict, sweeps: dict, out_root="out", comma
     out_root = Path(out_root)
     digest = study_hash(sweeps)
     folder = make_folder(out_root, paper_cfg["name"], digest)
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(shared, sort_keys=False))
+    atomic_write_text(folder / "config.yaml", config_text(shared, next(iter(sweeps.values()))["cfg"]))
     paper = {"job": "paper", "hash": digest, "status": "running",
              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": list(command),
              "versions": software_versions(),

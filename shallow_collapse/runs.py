@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from .data import source_label
 from .devices import resolve_device
 
 __all__ = ["Run", "OutputError", "run_hash", "hashed_config", "open_run", "make_folder", "atomic_file",
-           "atomic_write_text", "atomic_write_json", "software_versions"]
+           "atomic_write_text", "atomic_write_json", "software_versions", "config_text"]
 
 HASH_LENGTH = 10
 
@@ -206,6 +207,14 @@ def _refuse_links(path: Path) -> None:
             raise OutputError(f"{child}: expected no symbolic link in a run folder (writes never follow links)")
 
 
+def config_text(keys: dict, cfg: dict) -> str:
+    """``config.yaml`` of a folder: the YAML of ``keys`` under one comment line naming the data
+    source of ``cfg`` (``# data: digits[3,8]``, ``# data: feats.npz@1a2b3c4d5e6f[0,1]``,
+    ``# data: GaussiandD2NL``), so the folder says what data it saw; the comment leaves the YAML
+    unchanged."""
+    return f"# data: {source_label(cfg)}\n" + yaml.safe_dump(keys, sort_keys=False)
+
+
 def open_run(cfg: dict, job: str, keys, out_root="out", argv=None) -> Run:
     """Create (or reopen) ``out_root/<name>/<hash>/`` and record config, versions and command.
     Raises :class:`OutputError` (nothing created) when the place cannot be used."""
@@ -215,8 +224,8 @@ def open_run(cfg: dict, job: str, keys, out_root="out", argv=None) -> Run:
         _refuse_links(path)
     with _created(path):
         make_folder(out_root, cfg["name"], digest, "plots")
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        meta = {"job": job, "hash": digest, "hashed_config": hashed_config(cfg, job, keys),
+        atomic_write_text(path / "config.yaml", config_text(cfg, cfg))
+        meta = {"job": job, "hash": digest, "data": source_label(cfg), "hashed_config": hashed_config(cfg, job, keys),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": argv if argv is not None else sys.argv,
                 "device": str(resolve_device(cfg["device"])), "versions": software_versions()}

@@ -30,6 +30,7 @@ import torch
 
 from . import metrics
 from .data import one_hot_targets, scalar_targets
+from .fast_gradients import TwoLayerGradients
 from .model import FCNEnsemble, seed_int
 from .params import ProbeParams, SGDParams
 
@@ -146,127 +147,6 @@ def probe(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
     return out
 
 
-def _worker_init():
-    """Per-thread settings of a gradient worker: single-threaded torch ops (OpenMP's thread count
-    is a per-thread setting) and subnormals flushed to zero (a per-thread CPU flag)."""
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-
-
-class TwoLayerGradients:
-    """Loss and hand-written gradients of a two-layer ensemble without batch norm (the paper's
-    network), equal to autograd's up to round-off, computed in chunks of samples so that the
-    ``(R, chunk, h)`` activations stay in cache and no large tensor is allocated per step.
-
-    For f = W2 phi(z) + b2, z = W1 x + b1, per-network loss mean((f - y)^2) and r = d loss/d f:
-    grad W2 = r^T a, grad b2 = sum r, and with t = phi'(z) (erf: (2/sqrt pi) exp(-z^2); ReLU: 1[z>0];
-    see :mod:`shallow_collapse.activations`)
-    dz = t o (r W2). For one output dz = t o r w2^T, so grad W1 = w2 o (t^T (r o X)) and
-    grad b1 = w2 o (t^T r): one batched product with [r o X, r] per chunk and no pass over dz.
-    Every quantity is a sum over samples, so chunks accumulate exactly what one pass would.
-    Networks with ``alive`` False (diverged before this step) get zero loss weight; ``alive`` is
-    then updated with the finiteness of this step's losses.
-    """
-
-    def __init__(self, model: FCNEnsemble, chunk_elements: int = 2**18, workers: int = 1):
-        if not self.applies(model):
-            raise ValueError("TwoLayerGradients needs L=2 without batch norm")
-        self.model = model
-        self.chunk_elements = chunk_elements
-        self.workers = max(1, int(workers))
-        self.buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.zero = model.weights[0].new_zeros(())
-        self.pool = None
-        if self.workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fcn-grad", initializer=_worker_init)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
-
-    @staticmethod
-    def applies(model: FCNEnsemble) -> bool:
-        return model.num_layers == 2 and not model.use_batch_norm
-
-    def _buffers(self, key, shape, like):
-        if (key, shape) not in self.buffers:
-            self.buffers[(key, shape)] = (like.new_empty(shape), like.new_empty(shape))
-        return self.buffers[(key, shape)]
-
-    @torch.no_grad()
-    def _partial(self, worker, starts, rows, xb, tb, weight):
-        """Sums over the chunks starting at ``starts``: squared residuals, grad W2, grad b2 and
-        either G = t^T [r o X, r] (one output) or (t o r W2)^T X and its column sums."""
-        m = self.model
-        W1, b1, W2, b2 = m.weights[0], m.biases[0], m.weights[1], m.biases[1]
-        R, B, d = xb.shape
-        h, o = W1.shape[1], W2.shape[1]
-        act = m.net.act
-        b1u, b2u, W1t, W2t = b1.unsqueeze(-2), b2.unsqueeze(-2), W1.transpose(-1, -2), W2.transpose(-1, -2)
-        sq = W1.new_zeros(R)
-        gW2, gb2 = torch.zeros_like(W2), torch.zeros_like(b2)
-        G = W1.new_zeros(R, h, d + 1) if o == 1 else None
-        gW1, gb1 = (None, None) if o == 1 else (torch.zeros_like(W1), torch.zeros_like(b1))
-        for s in starts:
-            x = xb[:, s:s + rows]
-            z, a = self._buffers(worker, (R, x.shape[1], h), W1)
-            torch.baddbmm(b1u, x, W1t, out=z)
-            act.phi_out(z, a)
-            res = torch.baddbmm(b2u, a, W2t).sub_(tb[:, s:s + rows])  # (R, n, o)
-            sq += res.square().sum((-2, -1))
-            r = res.mul_(weight)
-            gW2.baddbmm_(r.transpose(-1, -2), a)
-            gb2 += r.sum(-2)
-            t = act.dphi_(z, self.zero)  # phi'(z) / slope in place; the slope is applied at the end
-            if o == 1:
-                G.baddbmm_(t.transpose(-1, -2), torch.cat([r * x, r], -1))
-            else:
-                dz = torch.bmm(r, W2, out=a).mul_(t)
-                gW1.baddbmm_(dz.transpose(-1, -2), x)
-                gb1 += dz.sum(-2)
-        return sq, gW2, gb2, G, gW1, gb1
-
-    @torch.no_grad()
-    def __call__(self, xb: torch.Tensor, tb: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        W1, b1, W2, b2 = m.weights[0], m.biases[0], m.weights[1], m.biases[1]
-        R, B, d = xb.shape
-        h, o = W1.shape[1], W2.shape[1]
-        rows = max(1, min(B, self.chunk_elements // (R * h)))
-        weight = alive.to(W1.dtype).mul_(2.0 / (B * o))[:, None, None]
-        starts = list(range(0, B, rows))
-        if self.pool is None or len(starts) == 1:
-            parts = [self._partial(0, starts, rows, xb, tb, weight)]
-        else:
-            futures = [self.pool.submit(self._partial, w, starts[w::self.workers], rows, xb, tb, weight)
-                       for w in range(min(self.workers, len(starts)))]
-            parts = [f.result() for f in futures]
-        sq, gW2, gb2, G, gW1, gb1 = parts[0]
-        for p in parts[1:]:  # fixed order: the result does not depend on thread timing
-            sq += p[0]
-            gW2 += p[1]
-            gb2 += p[2]
-            if o == 1:
-                G += p[3]
-            else:
-                gW1 += p[4]
-                gb1 += p[5]
-        slope = m.net.act.slope
-        W2.grad, b2.grad = gW2, gb2
-        if o == 1:
-            w2 = W2.transpose(-1, -2) * slope  # (R, h, 1)
-            W1.grad = G[..., :d].mul_(w2)
-            b1.grad = G[..., d].mul_(w2[..., 0])
-        else:
-            W1.grad, b1.grad = gW1.mul_(slope), gb1.mul_(slope)
-        losses = sq / (B * o)
-        alive &= torch.isfinite(losses)
-        return losses
-
-
 def _shuffle_generators(seeds):
     return [torch.Generator().manual_seed(seed_int(np.random.SeedSequence([s, 0x5EED]))) for s in seeds]
 
@@ -319,7 +199,8 @@ def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
     sample (the same for every network).
     Probes (float64, see :func:`probe`) run at the epochs of :func:`probe_epochs` (without epoch 0
     when ``probe_init`` is False, e.g. in sweeps that only report the trained network).
-    Two-layer networks without batch norm take their gradients from :class:`TwoLayerGradients`
+    Two-layer networks without batch norm take their gradients from
+    :class:`~shallow_collapse.fast_gradients.TwoLayerGradients`
     (``fast_path``, default) instead of autograd; the SGD update is ``torch.optim.SGD`` either way.
     """
     log = log or logging.getLogger(__name__)
@@ -348,9 +229,26 @@ def train(model: FCNEnsemble, X: torch.Tensor, targets: torch.Tensor, labels: to
         torch.set_flush_denormal(False)
 
 
-def _train(model, X, targets, labels, sgd, probes, *, num_classes, probe_init, fast, log, start):
-    num_epochs, batch_size = sgd.num_epochs, sgd.batch_size
-    probe_features, probe_weights = probes.probe_features, probes.probe_weights
+@dataclass
+class _Data:
+    """The training data of :func:`_train`: float64 ``X64`` ``(R, N, d)`` and ``T64`` ``(R, N, out)``
+    (what probes read), their copies ``Xt``, ``Tt`` in the ensemble's dtype (what SGD reads),
+    ``labels`` ``(N,)`` on the CPU and the number of classes ``C``."""
+
+    X64: torch.Tensor
+    T64: torch.Tensor
+    Xt: torch.Tensor
+    Tt: torch.Tensor
+    labels: torch.Tensor
+    C: int
+
+    @property
+    def N(self) -> int:
+        return self.X64.shape[1]
+
+
+def _prepare_data(model, X, targets, labels, num_classes) -> _Data:
+    """Move and broadcast the data to one set per network (shapes as in :func:`train`)."""
     R = model.num_networks
     p0 = model.weights[0]
     device, dtype = p0.device, p0.dtype
@@ -365,104 +263,145 @@ def _train(model, X, targets, labels, sgd, probes, *, num_classes, probe_init, f
     if X64.shape[0] != R or T64.shape[0] != R or X64.shape[1] != len(labels) or T64.shape[1] != len(labels):
         raise ValueError(f"shapes: X {tuple(X.shape)}, targets {tuple(targets.shape)}, labels {tuple(labels.shape)}"
                          f" for an ensemble of {R}")
-    N = X64.shape[1]
-    Xt, Tt = X64.to(dtype).contiguous(), T64.to(dtype).contiguous()
-    full_batch = batch_size is None or batch_size >= N
-    gens = None if full_batch else _shuffle_generators(model.seeds)
-    rows = torch.arange(R, device=device).unsqueeze(-1)
+    return _Data(X64, T64, X64.to(dtype).contiguous(), T64.to(dtype).contiguous(), labels, C)
 
-    epochs = probe_epochs(num_epochs, probes.probing_frequency)
-    alive = torch.ones(R, dtype=torch.bool, device=device)
-    status = ["ok"] * R
-    diverged_epoch: list[int | None] = [None] * R
-    record: dict = {"epochs": [], "loss": [], "accuracy": []}
-    if probe_features:
-        record["nc1"], record["nc1_pinv"] = {}, {}
-    if probe_weights:
-        record["spectra"] = {}
-        record["gram_init"] = gram_matrices(model)
-    lab = labels.to(device)
-    record["data_nc1"] = metrics.nc1_features(X64, lab).cpu().numpy()
-    record["data_nc1_pinv"] = metrics.nc1_features_pinv(X64, lab).cpu().numpy()
 
-    def mark_diverged(newly, epoch):
+class _Recorder:
+    """Per-network status (``alive``, ``status``, ``diverged_epoch``) and the probe records of one
+    training run; :meth:`result` assembles the :class:`TrainResult`."""
+
+    def __init__(self, model, data: _Data, probes: ProbeParams, log):
+        R = model.num_networks
+        self.model, self.data, self.probes, self.log = model, data, probes, log
+        self.alive = torch.ones(R, dtype=torch.bool, device=model.weights[0].device)
+        self.status = ["ok"] * R
+        self.diverged_epoch: list[int | None] = [None] * R
+        record: dict = {"epochs": [], "loss": [], "accuracy": []}
+        if probes.probe_features:
+            record["nc1"], record["nc1_pinv"] = {}, {}
+        if probes.probe_weights:
+            record["spectra"] = {}
+            record["gram_init"] = gram_matrices(model)
+        lab = data.labels.to(self.alive.device)
+        record["data_nc1"] = metrics.nc1_features(data.X64, lab).cpu().numpy()
+        record["data_nc1_pinv"] = metrics.nc1_features_pinv(data.X64, lab).cpu().numpy()
+        self.record = record
+
+    def mark_diverged(self, newly, epoch):
         for r in newly:
-            if status[r] == "ok":
-                status[r], diverged_epoch[r] = "diverged", epoch
-                log.warning("network %d (seed %d) diverged at epoch %d: loss is not finite",
-                            r, model.seeds[r], epoch)
+            if self.status[r] == "ok":
+                self.status[r], self.diverged_epoch[r] = "diverged", epoch
+                self.log.warning("network %d (seed %d) diverged at epoch %d: loss is not finite",
+                                 r, self.model.seeds[r], epoch)
 
-    def do_probe(epoch):
-        ok = np.array([s == "ok" for s in status])
-        res = probe(model, X64, T64, labels, C, ok, probe_features, probe_weights)
-        newly = [r for r in range(R) if ok[r] and not res["finite"][r]]
-        mark_diverged(newly, epoch)
+    def mark_dead(self, epoch) -> bool:
+        """Mark the networks whose training loss stopped being finite; True when none is left."""
+        dead = (~self.alive).cpu().numpy()
+        self.mark_diverged([r for r in range(len(dead)) if dead[r]], epoch)
+        return bool(dead.all())
+
+    def probe(self, epoch) -> dict:
+        """Probe every network (see :func:`probe`), record it and return the probe."""
+        d, record = self.data, self.record
+        ok = np.array([s == "ok" for s in self.status])
+        res = probe(self.model, d.X64, d.T64, d.labels, d.C, ok, self.probes.probe_features,
+                    self.probes.probe_weights)
+        newly = [r for r in range(len(ok)) if ok[r] and not res["finite"][r]]
+        self.mark_diverged(newly, epoch)
         for r in newly:
-            alive[r] = False
+            self.alive[r] = False
         record["epochs"].append(epoch)
         record["loss"].append(res["loss"])
         record["accuracy"].append(res["accuracy"])
         for key in ("nc1", "nc1_pinv", "spectra"):
             for name, v in res.get(key, {}).items():
                 record[key].setdefault(name, []).append(v)
-        log.info("epoch %d: loss %s accuracy %s", epoch, np.array2string(res["loss"], precision=4),
-                 np.array2string(res["accuracy"], precision=3))
+        self.log.info("epoch %d: loss %s accuracy %s", epoch, np.array2string(res["loss"], precision=4),
+                      np.array2string(res["accuracy"], precision=3))
         return res
 
+    def result(self, last: dict, train_loss: torch.Tensor, epochs_run: int, start: float) -> TrainResult:
+        R, record = self.model.num_networks, self.record
+
+        def stack(v):
+            return np.stack(v) if len(v) else np.zeros((0, R))
+
+        record["epochs"] = list(record["epochs"])
+        record["loss"], record["accuracy"] = stack(record["loss"]), stack(record["accuracy"])
+        for key in ("nc1", "nc1_pinv", "spectra"):
+            if key in record:
+                record[key] = {name: stack(v) for name, v in record[key].items()}
+        if self.probes.probe_weights:
+            record["gram_final"] = gram_matrices(self.model)
+        record["train_loss"] = train_loss[:epochs_run].cpu().numpy()
+        record["status"] = self.status
+        record["diverged_epoch"] = self.diverged_epoch
+        record["final_loss"] = last["loss"]
+        record["final_accuracy"] = last["accuracy"]
+        record["final_output"] = last["output"]
+        if self.probes.probe_features:
+            record["final_nc1"] = {name: v for name, v in last["nc1"].items()}
+            record["final_nc1_pinv"] = {name: v for name, v in last["nc1_pinv"].items()}
+        record["num_classes"] = self.data.C
+        record["seconds"] = time.perf_counter() - start
+        return TrainResult(**record)
+
+
+class _Batches:
+    """One epoch's batches: the whole set, or (``batch_size < N``) every network's own shuffle of
+    it, drawn from its generator (:func:`_shuffle_generators`) and split in order."""
+
+    def __init__(self, model, data: _Data, batch_size):
+        self.Xt, self.Tt, self.N, self.batch_size = data.Xt, data.Tt, data.N, batch_size
+        device = data.Xt.device
+        self.full = batch_size is None or batch_size >= self.N
+        self.gens = None if self.full else _shuffle_generators(model.seeds)
+        self.rows = torch.arange(model.num_networks, device=device).unsqueeze(-1)
+
+    def epoch(self):
+        if self.full:
+            return [(self.Xt, self.Tt)]
+        perm = torch.stack([torch.randperm(self.N, generator=g) for g in self.gens]).to(self.Xt.device)
+        return [(self.Xt[self.rows, idx], self.Tt[self.rows, idx]) for idx in perm.split(self.batch_size, dim=1)]
+
+
+def _losses_and_gradients(model, optimizer, fast, xb, tb, alive, zero):
+    """Every network's loss on the batch ``(R,)``, with the gradients of the live ones' sum set
+    (the fast path's or autograd's); ``alive`` is updated with the losses' finiteness."""
+    if fast is not None:
+        return fast(xb, tb, alive)
+    optimizer.zero_grad(set_to_none=True)
+    losses = (model(xb) - tb).pow(2).mean((-2, -1))
+    with torch.no_grad():
+        alive &= torch.isfinite(losses)
+    torch.where(alive, losses, zero).sum().backward()
+    return losses
+
+
+def _train(model, X, targets, labels, sgd, probes, *, num_classes, probe_init, fast, log, start):
+    data = _prepare_data(model, X, targets, labels, num_classes)
+    batches = _Batches(model, data, sgd.batch_size)
+    epochs = probe_epochs(sgd.num_epochs, probes.probing_frequency)
+    rec = _Recorder(model, data, probes, log)
     optimizer = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
-    zero = torch.zeros((), dtype=dtype, device=device)
-    train_loss = torch.zeros(num_epochs, R, dtype=torch.float64, device=device)
-    last = do_probe(0) if probe_init else None
-    record["initial_output"] = last["output"] if probe_init else None
+    p0 = model.weights[0]
+    zero = torch.zeros((), dtype=p0.dtype, device=p0.device)
+    train_loss = torch.zeros(sgd.num_epochs, model.num_networks, dtype=torch.float64, device=p0.device)
+    last = rec.probe(0) if probe_init else None
+    rec.record["initial_output"] = last["output"] if probe_init else None
     epochs_run = 0
-    for epoch in range(1, num_epochs + 1):
-        if full_batch:
-            batches = [(Xt, Tt)]
-        else:
-            perm = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(device)
-            batches = [(Xt[rows, idx], Tt[rows, idx]) for idx in perm.split(batch_size, dim=1)]
-        for xb, tb in batches:
-            if fast is not None:
-                losses = fast(xb, tb, alive)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                losses = (model(xb) - tb).pow(2).mean((-2, -1))
-                with torch.no_grad():
-                    alive &= torch.isfinite(losses)
-                torch.where(alive, losses, zero).sum().backward()
+    for epoch in range(1, sgd.num_epochs + 1):
+        for xb, tb in batches.epoch():
+            losses = _losses_and_gradients(model, optimizer, fast, xb, tb, rec.alive, zero)
             with torch.no_grad():
-                train_loss[epoch - 1] += losses.detach().to(torch.float64) * (xb.shape[1] / N)
+                train_loss[epoch - 1] += losses.detach().to(torch.float64) * (xb.shape[1] / data.N)
             optimizer.step()
         epochs_run = epoch
-        dead = (~alive).cpu().numpy()
-        mark_diverged([r for r in range(R) if dead[r]], epoch)
-        if dead.all():
+        if rec.mark_dead(epoch):
             log.warning("every network diverged; stopping at epoch %d", epoch)
             break
         if epoch in epochs:
-            last = do_probe(epoch)
-    if last is None or (epochs_run and epochs_run not in record["epochs"]):
-        last = do_probe(epochs_run)
-
-    def stack(v):
-        return np.stack(v) if len(v) else np.zeros((0, R))
-
-    record["epochs"] = list(record["epochs"])
-    record["loss"], record["accuracy"] = stack(record["loss"]), stack(record["accuracy"])
-    for key in ("nc1", "nc1_pinv", "spectra"):
-        if key in record:
-            record[key] = {name: stack(v) for name, v in record[key].items()}
-    if probe_weights:
-        record["gram_final"] = gram_matrices(model)
-    record["train_loss"] = train_loss[:epochs_run].cpu().numpy()
-    record["status"] = status
-    record["diverged_epoch"] = diverged_epoch
-    record["final_loss"] = last["loss"]
-    record["final_accuracy"] = last["accuracy"]
-    record["final_output"] = last["output"]
-    if probe_features:
-        record["final_nc1"] = {name: v for name, v in last["nc1"].items()}
-        record["final_nc1_pinv"] = {name: v for name, v in last["nc1_pinv"].items()}
-    record["num_classes"] = C
-    record["seconds"] = time.perf_counter() - start
-    return TrainResult(**record)
+            last = rec.probe(epoch)
+    if last is None or (epochs_run and epochs_run not in rec.record["epochs"]):
+        last = rec.probe(epochs_run)
+    return rec.result(last, train_loss, epochs_run, start)

@@ -146,13 +146,35 @@ def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
     assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se
 
 
+def kernel_phi(K, activation):
+    """Kphi ``(N, N)`` of a symmetric ``K`` in plain out-of-place torch ops (differentiable): the
+    autograd oracle of the EoS gradient. erf and ReLU are written apart from the package's closed
+    forms (shallow_collapse/closed_forms.py): erf with each variance's own rsqrt, ReLU with acos
+    instead of atan2 and without the snap at |cos| = 1. Any other activation: the differentiable
+    evaluation of its numerical table (``NumericalMaps.kernel_phi``)."""
+    d = torch.diagonal(K)
+    if activation == "erf":
+        r = (1.0 + 2.0 * d).rsqrt()
+        return (2.0 / math.pi) * torch.asin(2.0 * K * r[:, None] * r[None, :])
+    if activation != "relu":
+        from shallow_collapse import activations
+
+        return activations.get(activation).numerical.kernel_phi(K)
+    # The diagonal (theta = 0, Kphi_ii = K_ii / 2) is written separately so that autograd never
+    # differentiates acos at 1 (its derivative is infinite there; the limit is finite).
+    eye = torch.eye(K.shape[-1], dtype=torch.bool, device=K.device)
+    n = torch.sqrt(d[:, None] * d[None, :])
+    cos = torch.where(eye, 0.0, K / n)
+    theta = torch.acos(cos)
+    off = n * (torch.sin(theta) + (math.pi - theta) * cos) / (2.0 * math.pi)
+    return torch.where(eye, 0.5 * n, off)
+
+
 def dense_action(X, y, Sigma, chi, *, activation="erf", sigw2=1.0, siga2=1.0 / 128, sig2=1e-6):
     """S(Sigma) written independently of the solver: plain torch ops (differentiable), a dense
     solve and slogdet instead of the Cholesky path, and no closed-form gradient."""
-    from shallow_collapse import activations
-
     N, d = X.shape
-    M = siga2 * activations.kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
+    M = siga2 * kernel_phi(X @ Sigma @ X.T, activation) + sig2 * torch.eye(N, dtype=torch.float64)
     prior = 0.5 * chi * ((d / sigw2) * torch.trace(Sigma) - torch.linalg.slogdet(Sigma)[1])
     return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
 

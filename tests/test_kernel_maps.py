@@ -8,6 +8,7 @@ import torch
 
 from conftest import assert_slope_is_a_central_difference, dense_action
 from shallow_collapse import activations, data, eos
+from shallow_collapse.eos.passes import generic, passes_for
 from shallow_collapse.kernel_maps import NumericalMaps
 from shallow_collapse.params import EoSParams
 
@@ -42,17 +43,58 @@ def test_numerical_path_matches_closed_forms(name, d):
     assert act.closed_form
     K = kernel_with_collinear_pairs(d)
     tol_f, tol_d, tol_g = TOL[name]
-    (F, Kd), (Fn, Kdn) = act.maps(K), act.numerical.maps(K)
+    (F, Kd), (Fn, Kdn) = act.kernel_map.maps(K), act.numerical.maps(K)
     assert rel_err(Fn, F) < tol_f and rel_err(Kdn, Kd) < tol_d
-    # The EoS derivatives: G = dTr(A Q)/dK for a random symmetric A, fused forms of both paths.
+    # The EoS derivatives: G = dTr(A Q)/dK for a random symmetric A, the EoS passes of both maps
+    # (fused for erf and ReLU).
     g = torch.Generator().manual_seed(1)
     A = torch.randn(K.shape, generator=g, dtype=torch.float64)
     A = A + A.T
-    Q, ctx = act.eos_q(K.clone(), K.diagonal().clone(), 0.5)
-    Qn, ctxn = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 0.5)
-    G, s = act.eos_g(A.clone(), ctx, 0.5)
-    Gn, sn = act.numerical.eos_g(A.clone(), ctxn, 0.5)
+    closed, numerical = passes_for(act.kernel_map), generic(act.numerical)
+    Q, ctx = closed.q(K.clone(), K.diagonal().clone(), 0.5)
+    Qn, ctxn = numerical.q(K.clone(), K.diagonal().clone(), 0.5)
+    G, s = closed.g(A.clone(), ctx, 0.5)
+    Gn, sn = numerical.g(A.clone(), ctxn, 0.5)
     assert rel_err(Qn, Q) < tol_f and rel_err(Gn * sn, G * s) < tol_g
+
+
+@pytest.mark.parametrize("name", SMOOTH + KINKED)
+def test_closed_form_terms_are_f_and_its_derivatives(name):
+    """``terms`` -> (F, Kdphi, P) of every closed form: Kdphi = dF/dc and P = 2 dF/da against central
+    differences (step h = 1e-5 on entries ~1: truncation ~h^2 times F's third derivative ~ 1e-10,
+    round-off ~eps |F| / h ~ 1e-11; pairs away from |rho| = 1, where the kinked maps are smooth),
+    and ``maps`` is (F, Kdphi) of the same terms."""
+    act = activations.get(name, slope=0.2) if name == "leaky_relu" else activations.get(name)
+    km = act.kernel_map
+    g = torch.Generator().manual_seed(3)
+    a = 0.5 + 2.0 * torch.rand(30, 1, generator=g, dtype=torch.float64)
+    b = 0.5 + 2.0 * torch.rand(1, 30, generator=g, dtype=torch.float64)
+    c = (2.0 * torch.rand(30, 30, generator=g, dtype=torch.float64) - 1.0) * 0.9 * (a * b).sqrt()
+    F, Kd, P = km.terms(c, a, b)
+    h = 1e-5
+    dc = (km.terms(c + h, a, b)[0] - km.terms(c - h, a, b)[0]) / (2 * h)
+    da = (km.terms(c, a + h, b)[0] - km.terms(c, a - h, b)[0]) / (2 * h)
+    torch.testing.assert_close(Kd, dc, rtol=0, atol=1e-8)
+    torch.testing.assert_close(P, 2 * da, rtol=0, atol=1e-8)
+    Fm, Kdm = km.maps(c, a, b)
+    assert torch.equal(Fm, F) and torch.equal(Kdm, Kd)
+
+
+def test_relu_family_matches_the_arcsine_form_of_e_abs_abs():
+    """abs and leaky ReLU are written in ReLU's arc-cosine form (closed_forms.ReluFamilyMap);
+    against the other textbook form, phi = p x + q |x| with E|u||v| = (2/pi) n (sqrt(1 - rho^2) +
+    rho asin rho) (p = (1 + alpha)/2, q = (1 - alpha)/2): the same O(1) numbers from a handful of
+    roundings each, so 1e-14 of the largest entry."""
+    K = kernel_with_collinear_pairs(3)
+    d = K.diagonal()
+    n = (d[:, None] * d[None, :]).sqrt()
+    rho = (K / n).clamp(-1.0, 1.0)
+    e_abs = (2.0 / math.pi) * n * ((1.0 - rho * rho).clamp_min(0.0).sqrt() + rho * torch.asin(rho))
+    for alpha in (-1.0, 0.0, 0.2, 0.01):
+        p, q = (1.0 + alpha) / 2.0, (1.0 - alpha) / 2.0
+        F, Kd = activations.leaky_relu(alpha).kernel_map.maps(K)
+        assert rel_err(F, p * p * K + q * q * e_abs) < 1e-14
+        assert rel_err(Kd, p * p + q * q * (2.0 / math.pi) * torch.asin(rho)) < 1e-14
 
 
 @pytest.mark.parametrize("name", ["tanh", "softplus", "gelu"])
@@ -67,8 +109,9 @@ def test_fused_gradient_is_the_derivative_of_kernel_phi(name, d):
     A = torch.randn(30, 30, generator=g, dtype=torch.float64)
     A = A + A.T
     K = X @ S @ X.T
-    Q, ctx = act.numerical.eos_q(K.clone(), K.diagonal().clone(), 1.0)
-    G, scale = act.numerical.eos_g(A.clone(), ctx, 1.0)
+    numerical = generic(act.numerical)
+    Q, ctx = numerical.q(K.clone(), K.diagonal().clone(), 1.0)
+    G, scale = numerical.g(A.clone(), ctx, 1.0)
     T = scale * X.T @ G @ X
     Sv = S.clone().requires_grad_(True)
     (A * act.numerical.kernel_phi(X @ Sv @ X.T)).sum().backward()
@@ -110,12 +153,12 @@ def test_blocks_and_the_diagonal_give_the_full_map():
     # kernels.py maps row blocks with their own variances, and the diagonal elementwise.
     act = activations.get("silu")
     K = kernel_with_collinear_pairs(5)
-    F, Kd = act.maps(K)
+    F, Kd = act.kernel_map.maps(K)
     diag = K.diagonal()
-    Fb, Kdb = act.maps(K[10:20], diag[10:20, None], diag[None, :])
+    Fb, Kdb = act.kernel_map.maps(K[10:20], diag[10:20, None], diag[None, :])
     torch.testing.assert_close(Fb, F[10:20], rtol=0, atol=1e-13)
     torch.testing.assert_close(Kdb, Kd[10:20], rtol=0, atol=1e-13)
-    Fd, _ = act.maps(diag[:, None], diag[:, None], diag[:, None])
+    Fd, _ = act.kernel_map.maps(diag[:, None], diag[:, None], diag[:, None])
     torch.testing.assert_close(Fd[:, 0], F.diagonal(), rtol=0, atol=1e-13)
 
 
@@ -183,7 +226,7 @@ def test_a_new_activation_runs_a_sweep_and_an_ak_solve(write_config, out_root):
     assert {r["method"] for r in rows} == {"nngp", "ntk"} and all(r["status"] == "ok" for r in rows)
     # x erf(x) is even: its kernel map against Monte Carlo at one pair.
     K = torch.tensor([[1.2, 0.5], [0.5, 0.8]], dtype=torch.float64)
-    F, _ = activations.get("x_erf").maps(K)
+    F, _ = activations.get("x_erf").kernel_map.maps(K)
     u = torch.randn(400_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     u = u @ torch.linalg.cholesky(K).T
     prod = x_erf(u[:, 0]) * x_erf(u[:, 1])
@@ -202,5 +245,5 @@ def test_leaky_relu_slope_reaches_every_method(write_config):
     z = torch.tensor([-1.0, 2.0], dtype=torch.float64)
     torch.testing.assert_close(act.phi(z), torch.tensor([-0.2, 2.0], dtype=torch.float64))
     # E[phi(u)^2] at unit variance: (1 + alpha^2) / 2.
-    F, Kd = act.maps(torch.ones(1, 1, dtype=torch.float64))
+    F, Kd = act.kernel_map.maps(torch.ones(1, 1, dtype=torch.float64))
     assert math.isclose(float(F), (1 + 0.04) / 2, rel_tol=1e-14) and math.isclose(float(Kd), (1 + 0.04) / 2, rel_tol=1e-14)

@@ -6,8 +6,8 @@ weights. For data ``X`` ``(N, d)`` and scalar targets ``y`` ``(N,)``:
 - ``K = X Sigma X^T`` ``(N, N)``; ``Q = siga2 * Kphi(K)`` (the activation's kernel map);
 - ``M = Q + sig2 I``; ``alpha = M^{-1} y`` ``(N,)``; ``fbar = Q alpha = y - sig2 alpha`` ``(N,)``;
 - ``A = M^{-1} - alpha alpha^T`` ``(N, N)``; ``T(Sigma) = grad_Sigma Tr(A Q(Sigma)) = X^T G X``
-  ``(d, d)`` with ``A`` held fixed and ``G`` from the activation's fused form
-  (:attr:`~shallow_collapse.activations.Activation.eos_g`);
+  ``(d, d)`` with ``A`` held fixed and ``G`` from the ``g`` pass of the activation's kernel map
+  (:mod:`.passes`);
 - the EoS: ``Sigma = Sigma_new(Sigma) = [(d / sigw2) I + T / chi]^{-1}``.
 
 **The action** ``S(Sigma) = (chi/2) [(d/sigw2) Tr Sigma - log det Sigma] + (1/2) y^T M^{-1} y +
@@ -17,7 +17,7 @@ stationarity condition.
 
 One evaluation (:meth:`EoSEvaluator.state`) costs one Cholesky factorisation of ``M`` and one
 inverse from it (O(N^3); scipy's LAPACK on M's own memory on CPU, torch on CUDA) and O(N^2 d)
-elementwise work (compiled loops on CPU, :mod:`.loops`); ReLU at d = 1 needs no factorisation
+elementwise work (:mod:`.passes`: compiled loops on CPU for erf and ReLU); ReLU at d = 1 needs no factorisation
 (Q has rank two, :meth:`EoSEvaluator._collinear_relu_state`). ``T`` does not depend on ``chi``, so
 one evaluation gives the residual, the action and its gradient for any annealing factor.
 """
@@ -33,6 +33,7 @@ from scipy.linalg import blas, lapack
 
 from . import loops
 from . import tolerances as tol
+from .passes import passes_for
 from .. import activations
 from ..devices import resolve_device
 from ..params import EoSParams, NetworkParams
@@ -79,6 +80,7 @@ class EoSEvaluator:
     def __init__(self, X, y, params: EoSParams = PAPER_EOS, *, activation=NetworkParams.activation,
                  device="cpu"):
         self.act = activations.get(activation)
+        self.passes = passes_for(self.act.kernel_map)  # Q and G of the activation's kernel map
         self.device = resolve_device(device)
         self.X = torch.as_tensor(X).to(device=self.device, dtype=torch.float64)
         y = torch.as_tensor(y).to(device=self.device, dtype=torch.float64)
@@ -122,7 +124,7 @@ class EoSEvaluator:
         diag = torch.diagonal(K).clone()
         if not bool(torch.all(diag > 0)):
             raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
-        Q, ctx = self.act.eos_q(K, diag, self.siga2)  # K is overwritten
+        Q, ctx = self.passes.q(K, diag, self.siga2)  # K is overwritten
         if self._rank_two:
             return self._collinear_relu_state(Sigma, Q)
         M = self._M.copy_(Q)
@@ -133,7 +135,7 @@ class EoSEvaluator:
             A, alpha, log_det_half = _inverse_torch(M, self.y)
         fbar = self.y - self.sig2 * alpha
         nll = 0.5 * float(self.y @ alpha) + log_det_half
-        G, scale = self.act.eos_g(A, ctx, self.siga2)  # A is overwritten
+        G, scale = self.passes.g(A, ctx, self.siga2)  # A is overwritten
         T = (X.T @ (G @ X)).mul_(scale)
         T = 0.5 * (T + T.T)
         if not (bool(torch.isfinite(T).all()) and bool(torch.isfinite(alpha).all()) and math.isfinite(nll)):
@@ -173,7 +175,7 @@ class EoSEvaluator:
         diag = torch.diagonal(K).clone()
         if not bool(torch.all(diag > 0)):
             raise EvaluationError("K has a non-positive diagonal: Sigma is not positive definite")
-        return self.act.eos_q(K, diag, self.siga2)[0]
+        return self.passes.q(K, diag, self.siga2)[0]
 
     # -- the O(d^3) part -------------------------------------------------------------------
     def sigma_new(self, T: torch.Tensor, chi: float) -> torch.Tensor:

@@ -14,9 +14,10 @@ Layout conventions (C order, ``(N, N)`` float64 numpy arrays sharing memory with
   into the full symmetric ``A = M^{-1} - alpha alpha^T``;
 - the G loops read the upper triangle of ``A`` and overwrite ``A`` in full with G.
 
-The float64 operations are those of the torch forms in :mod:`shallow_collapse.activations` (kept
-for CUDA), in the same order up to a reassociation of one product, so both agree to round-off
-(tests/eos/test_evaluator.py checks 1e-12 relative).
+The float64 operations are those of the torch forms in :mod:`.passes` (kept for CUDA), in the
+same order up to a reassociation of one product, and restate the closed forms of
+:mod:`shallow_collapse.closed_forms` (``ErfMap.terms``, ``ReluFamilyMap.terms``);
+tests/eos/test_passes.py checks both fused forms against those terms to 1e-13 relative.
 """
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def relu_g(A, KC, diag, s):
 
 @_jit
 def upper_minus_rank1(A, alpha):
-    """``A <- M^{-1} - alpha alpha^T`` in full (every activation's ``eos_g`` may read all of A),
+    """``A <- M^{-1} - alpha alpha^T`` in full (every ``g`` pass of :mod:`.passes` may read all of A),
     from ``M^{-1}`` in A's upper triangle."""
     N = A.shape[0]
     for ib in range(0, N, TILE):

@@ -68,13 +68,20 @@ def _data_kernel(record, matrices, tag):
     return fig
 
 
-def _q_kernels(record, matrices, tag):
-    q_gp, q_end = _np(matrices["q_gp"]), _np(matrices["q_end"])
+def _start_end_change(start, end, titles, tag):
+    """Three heatmaps: ``start``, ``end`` and ``end - start`` (on a symmetric colour scale)."""
+    start, end = _np(start), _np(end)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    _heatmap(axes[0], q_gp, f"Q at the GP limit (NC1 {record['nngp_nc1']:.3g})")
-    _heatmap(axes[1], q_end, f"Q at the solution (NC1 {record['ak_nc1']:.3g})")
-    _heatmap(axes[2], q_end - q_gp, "Q(solution) - Q(GP limit)", symmetric=True)
+    for i, (ax, M, title) in enumerate(zip(axes, (start, end, end - start), titles)):
+        _heatmap(ax, M, title, symmetric=i == 2)
     fig.suptitle(tag, fontsize=9)
+    return fig, axes
+
+
+def _q_kernels(record, matrices, tag):
+    fig, _ = _start_end_change(matrices["q_gp"], matrices["q_end"],
+                               (f"Q at the GP limit (NC1 {record['nngp_nc1']:.3g})",
+                                f"Q at the solution (NC1 {record['ak_nc1']:.3g})", "Q(solution) - Q(GP limit)"), tag)
     return fig
 
 
@@ -94,15 +101,12 @@ def _q_spectra(record, matrices, tag):
 
 
 def _sigma(record, matrices, tag):
-    s0, s1 = _np(record["sigma_start"]), _np(record["sigma_end"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    _heatmap(axes[0], s0, r"$\Sigma$ at the start (NNGP: $\sigma_w^2/d\ I$)")
-    _heatmap(axes[1], s1, r"$\Sigma$ at the end")
-    _heatmap(axes[2], s1 - s0, r"$\Sigma_{end} - \Sigma_{start}$", symmetric=True)
+    fig, axes = _start_end_change(record["sigma_start"], record["sigma_end"],
+                                  (r"$\Sigma$ at the start (NNGP: $\sigma_w^2/d\ I$)", r"$\Sigma$ at the end",
+                                   r"$\Sigma_{end} - \Sigma_{start}$"), tag)
     for ax in axes:
         ax.set_xlabel("input coordinate")
         ax.set_ylabel("input coordinate")
-    fig.suptitle(tag, fontsize=9)
     return fig
 
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import torch
 
-from shallow_collapse import activations, data
+from shallow_collapse import data
 from shallow_collapse.params import EoSParams
 
-from conftest import dense_action, solve_round_off  # noqa: F401 (dense_action re-exported for the EoS tests)
+from conftest import dense_action, kernel_phi, solve_round_off  # noqa: F401 (dense_action re-exported for the EoS tests)
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -51,7 +51,7 @@ def two_well_problem():
 def reference_q_g(K, A, activation, siga2, envelope=False):
     """``(Q, scale * G)`` of the fused EoS forms written as plain dense torch (the evaluation this
     project used before the compiled loops, with the ReLU cosine snapped at +-1 as in
-    :func:`~shallow_collapse.activations.relu_maps`): the oracle of the fast path.
+    :class:`~shallow_collapse.closed_forms.ReluFamilyMap`): the oracle of the fast path.
     ``envelope=True``: G with every term replaced by its size (|A|, |C|, diagonal sums added), the
     scale of G's round-off (an entry errs by a few eps of it, a diagonal sum by N eps of it)."""
     diag = torch.diagonal(K)
@@ -101,7 +101,7 @@ def kernel_jacobian(X, Sigma, activation, siga2):
     # first use makes torch script its jvp decompositions, which warns that torch.jit is deprecated
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
-        return torch.func.jacfwd(lambda S: siga2 * activations.kernel_phi(X @ S @ X.T, activation))(Sigma)
+        return torch.func.jacfwd(lambda S: siga2 * kernel_phi(X @ S @ X.T, activation))(Sigma)
 
 
 def t_round_off(X, y, Sigma, activation, siga2, sig2):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from shallow_collapse import activations, data, eos
+from shallow_collapse.eos.passes import passes_for
 
-from conftest import assert_slope_is_a_central_difference, solve_round_off
+from conftest import assert_slope_is_a_central_difference, kernel_phi, solve_round_off
 from eos_cases import (EPS, action_round_off, dense_action, kernel_map_round_off, paper, paper_data, random_sigma,
                        reference_q_g, reference_state, t_round_off)
 
@@ -23,12 +24,12 @@ def test_closed_form_gradient_matches_autograd(activation, sig2):
     S = random_sigma(3)
     state = ev.state(S)
     # Independent reference: dense inverse for A, autograd through Q(Sigma) with A held fixed.
-    Q_ref = 0.3 * activations.kernel_phi(ds.X @ S @ ds.X.T, activation)
+    Q_ref = 0.3 * kernel_phi(ds.X @ S @ ds.X.T, activation)
     M_inv = torch.linalg.inv(Q_ref + sig2 * torch.eye(40, dtype=torch.float64))
     alpha = M_inv @ ds.y
     A = M_inv - torch.outer(alpha, alpha)
     S_var = S.clone().requires_grad_(True)
-    (A * (0.3 * activations.kernel_phi(ds.X @ S_var @ ds.X.T, activation))).sum().backward()
+    (A * (0.3 * kernel_phi(ds.X @ S_var @ ds.X.T, activation))).sum().backward()
     grad = 0.5 * (S_var.grad + S_var.grad.T)  # the gradient on symmetric matrices
     # Two factorisations of M and two sums of N^2 terms whose sizes exceed |T| by up to 5e6 (ReLU,
     # sig2 = 1e-6: A's entries reach ~1e12 and cancel): the bound is derived and computed in
@@ -47,7 +48,7 @@ def test_q_matches_the_foundation_kernel_maps(activation):
     S = random_sigma(4, seed=2)
     state = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-3), activation=activation).state(S)
     K = ds.X @ S @ ds.X.T
-    Kphi, _ = activations.get(activation).maps(K)
+    Kphi, _ = activations.get(activation).kernel_map.maps(K)
     # Same float64 formula written twice (asin vs asin, atan2 vs atan2): entrywise round-off only.
     assert float((state.Q - 0.5 * Kphi).abs().max()) <= kernel_map_round_off(K, 0.5 * Kphi)
 
@@ -89,7 +90,7 @@ def test_label_term_is_alpha_alpha_t_not_sig2_scaled():
     for A, expected in ((M_inv - torch.outer(residual, residual) / sig2**2, True),
                         (M_inv - sig2 * torch.outer(residual, residual), False)):
         S_var = S.clone().requires_grad_(True)
-        (A * (0.5 * activations.kernel_phi(ds.X @ S_var @ ds.X.T, "erf"))).sum().backward()
+        (A * (0.5 * kernel_phi(ds.X @ S_var @ ds.X.T, "erf"))).sum().backward()
         grad = 0.5 * (S_var.grad + S_var.grad.T)
         # the bound of test_closed_form_gradient_matches_autograd (here ~1e-13 of max|T|); the
         # sig2-scaled variant differs by O(1) relative, far outside it.
@@ -208,14 +209,14 @@ def test_compiled_q_and_g_equal_the_dense_forms_at_the_papers_sig2(activation, d
     ds = paper_data(96, d, seed=4)
     S = random_sigma(d, seed=2)
     K = ds.X @ S @ ds.X.T
-    act = activations.get(activation)
-    Q, ctx = act.eos_q(K.clone(), K.diagonal().clone(), 1 / 128)
+    passes = passes_for(activations.get(activation).kernel_map)
+    Q, ctx = passes.q(K.clone(), K.diagonal().clone(), 1 / 128)
     Q_ref, _ = reference_q_g(K, torch.zeros_like(K), activation, 1 / 128)
     M_inv = torch.linalg.inv(Q_ref + 1e-6 * torch.eye(96, dtype=torch.float64))
     alpha = M_inv @ ds.y
     A = M_inv - torch.outer(alpha, alpha)
     A = 0.5 * (A + A.T)
-    G, scale = act.eos_g(A.clone(), ctx, 1 / 128)
+    G, scale = passes.g(A.clone(), ctx, 1 / 128)
     _, G_ref = reference_q_g(K, A, activation, 1 / 128)
     # The same K and A go into both: no solve in between, so kappa(M) does not enter. Q is
     # entrywise (kernel_map_round_off); an off-diagonal G entry is a few products (a few eps of its
@@ -259,19 +260,19 @@ def test_reused_scratch_matrices_leave_earlier_states_intact(activation):
 
 
 @pytest.mark.parametrize("activation", ["erf", "relu"])
-def test_eos_g_is_given_the_full_symmetric_a(activation, monkeypatch):
-    """The contract of ``Activation.eos_g``: A = M^{-1} - alpha alpha^T in full (an activation's
-    fused form may read either triangle), whatever the evaluator's linear algebra leaves behind."""
+def test_g_pass_is_given_the_full_symmetric_a(activation, monkeypatch):
+    """The contract of the ``g`` pass (shallow_collapse/eos/passes.py): A = M^{-1} - alpha alpha^T in
+    full (a fused form may read either triangle), whatever the evaluator's linear algebra leaves behind."""
     ds = paper_data(48, 2, seed=3)
     ev = eos.EoSEvaluator(ds.X, ds.y, paper(siga2=0.5, sig2=1e-2), activation=activation)
     seen = []
-    eos_g = ev.act.eos_g
+    g = ev.passes.g
 
     def spy(A, ctx, siga2):
         seen.append(A.clone())
-        return eos_g(A, ctx, siga2)
+        return g(A, ctx, siga2)
 
-    monkeypatch.setattr(ev, "act", dataclasses.replace(ev.act, eos_g=spy))
+    monkeypatch.setattr(ev, "passes", dataclasses.replace(ev.passes, g=spy))
     state = ev.state(random_sigma(2, seed=5))
     M_inv = torch.linalg.inv(state.Q + 1e-2 * torch.eye(48, dtype=torch.float64))
     A_ref = M_inv - torch.outer(state.alpha, state.alpha)

@@ -141,6 +141,8 @@ def paper_points(n=6, d=3, seed=0):
 def assert_within_standard_errors(estimate, samples_mean_se, exact, k=5.0):
     """|MC - exact| <= k standard errors (entrywise). With k=5 and a few dozen entries the chance
     of a false failure is ~1e-5; the seeds are fixed, so the outcome is deterministic anyway."""
+    # + 1e-12: entries whose samples do not vary (se = 0, e.g. a constant bias term), where both
+    # sides are the same O(1) number up to a few roundings
     assert torch.all((estimate - exact).abs() <= k * samples_mean_se + 1e-12), (estimate - exact) / samples_mean_se
 
 
@@ -177,10 +179,12 @@ def dense_action(X, y, Sigma, chi, *, activation="erf", sigw2=1.0, siga2=1.0 / 1
     return prior + 0.5 * y @ torch.linalg.solve(M, y) + 0.5 * torch.linalg.slogdet(M)[1]
 
 
-def assert_slope_is_a_central_difference(X, y, S, chi, params, activation, grad, generator):
+def assert_slope_is_a_central_difference(X, y, S, chi, params, activation, grad, generator, value_tol=0.0):
     """The closed-form gradient ``grad`` of the action at ``S`` against a central difference of S
     along a random symmetric direction: truncation O(eps^2 times the third derivative) and
-    round-off O(1e-16 |S| / eps) with eps = 1e-5 relative: ~1e-6 of the slope."""
+    round-off (error of each action) / eps with eps = 1e-5 relative. ``value_tol``: the caller's
+    bound on each action's round-off (e.g. N eps kappa(M) of the data terms, which reaches ~1e-7
+    of |S| at sig2 = 1e-6); at least 1e-9 |S| (the sums of O(N^2) terms of a well-conditioned M)."""
     from shallow_collapse import eos
 
     d = S.shape[0]
@@ -191,7 +195,8 @@ def assert_slope_is_a_central_difference(X, y, S, chi, params, activation, grad,
     plus, _ = eos.action(X, y, S + eps * D, chi, params, activation=activation)
     minus, _ = eos.action(X, y, S - eps * D, chi, params, activation=activation)
     slope = float((grad * D).sum())
-    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5, abs_tol=1e-9 * abs(value) / eps)
+    assert math.isclose((plus - minus) / (2 * eps), slope, rel_tol=1e-5,
+                        abs_tol=max(1e-9 * abs(value), value_tol) / eps)
 
 
 def solve_round_off(N: int, kappa: float, c: float = 1.0) -> float:
@@ -200,3 +205,25 @@ def solve_round_off(N: int, kappa: float, c: float = 1.0) -> float:
     ||E|| <= c N eps ||M|| (Higham, Thm 10.3/10.4), and c ~ 1 normwise in practice."""
     import torch
     return c * N * torch.finfo(torch.float64).eps * kappa
+
+
+def nc1_round_off(K, labels, entry_rel: float = 64 * torch.finfo(torch.float64).eps, dK=None) -> float:
+    """Bound on ``|NC1(K') - NC1(K)|`` for two float64 computations of one kernel ``K`` ``(N, N)``
+    whose entries agree to ``entry_rel`` relative (a kernel map's few roundings times its
+    condition, ~1; 64 eps by default), each reduced to NC1 by block sums of N^2 terms.
+    Tr(Sigma_W) and Tr(Sigma_B) are signed sums of K's entries (:func:`metrics.kernel_traces`):
+    each moves by at most ``(entry_rel + 2 N eps) sum_ij |dTr/dK_ij| |K_ij|`` (the sizes of its
+    terms, by autograd here; 2 N eps for sums of N row sums, Higham section 4.2), so NC1 = w / b
+    moves by at most ``(dw + NC1 db) / b``, twice that for two computations. It grows where the
+    traces cancel (classes far apart or mixed) and stays ~1e-11 relative on the paper's data.
+    ``dK``: a further entrywise perturbation (e.g. from Sigma != Sigma0), counted to first order."""
+    from shallow_collapse.metrics import kernel_traces
+
+    K = torch.as_tensor(K).detach().to(torch.float64).clone().requires_grad_(True)
+    w, b = kernel_traces(K, labels)
+    gw, gb = (torch.autograd.grad(t, K, retain_graph=True)[0] for t in (w, b))
+    delta = entry_rel + 2 * K.shape[-1] * torch.finfo(torch.float64).eps
+    size = delta * K.detach().abs() + (0.0 if dK is None else torch.as_tensor(dK).abs())
+    dw, db = (float((g.abs() * size).sum()) for g in (gw, gb))
+    w, b = float(w.detach()), float(b.detach())
+    return 2 * (dw + (w / b) * db) / b

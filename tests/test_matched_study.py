@@ -23,6 +23,12 @@ def _point(post, ak, ak_status="ok", post_status="ok", se=0.01):
         "fcn_bulk_balanced": _rows("fcn", [-2.0] * len(ak)) + _rows("nngp", [-0.4] * len(ak))}}
 
 
+# The tables' numbers are a few IEEE operations (differences, means of <= 3, a square root) of
+# the rows' O(1) values: each correctly rounded, so within a few ulps (~1e-15) on any CPU; the
+# tolerances below (1e-12 absolute or relative, or approx's default) are slack, not round-off,
+# and a wrong pairing or formula moves the numbers by >= 0.01.
+
+
 def test_draws_are_paired_and_the_gap_is_in_standard_errors():
     table = study_table([_point([-1.0, -1.2], [-0.9, -1.25])])
     assert [r["repeat"] for r in table] == [0, 1]
@@ -84,6 +90,7 @@ def test_a_tiny_study_writes_its_tables_figure_page_and_index_entry(write_config
     folder = run_study(path, out_root=out_root)
     (row,) = read_table(folder / "table.csv")
     assert row["posterior_status"] == "ok" and row["ak_status"] in ("ok", "noise_limited")
+    # one subtraction of the same two floats (the CSV keeps every bit): equal; 1e-12 is slack
     assert math.isclose(row["ak_minus_posterior"], row["ak"] - row["posterior"], abs_tol=1e-12)
     assert row["se_posterior"] > 0 and math.isfinite(row["fcn"]) and math.isfinite(row["nngp"])
     (cell,) = read_table(folder / "cells.csv")

@@ -93,6 +93,9 @@ def test_forward_matches_torch_linear_layers(activation, fn, bn):
     assert f.shape == (2, 30, 3) and torch.equal(feats["pre3"], f)
     for r in range(2):
         ref = _reference(m, r, _Act(fn))
+        # float64, 3 layers of width <= 16 with O(1) weights, inputs and (batch-norm) stds: each
+        # output is a few sums of <= 16 products, so within ~3 x 16 eps ~ 1e-14 of O(1) term sizes,
+        # whatever the summation order; 1e-12 leaves x100 and depends on no data-dependent condition
         torch.testing.assert_close(f[r], ref(X[r]), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(feats["post2"][r], ref[:-1](X[r]), rtol=1e-12, atol=1e-12)
     # a shared (N, d) input equals the same input given to every network
@@ -105,6 +108,8 @@ def test_float64_evaluation_leaves_parameters_alone():
     f64 = m(X, dtype=torch.float64)
     assert f64.dtype == torch.float64 and not f64.requires_grad
     assert m.weights[0].dtype == torch.float32
+    # the float32 forward against float64 rounded once: 2 layers of sums of <= 8 products in
+    # float32 (eps32 = 6e-8): ~2 x 8 x 6e-8 ~ 1e-6 of O(1) term sizes; 1e-5 leaves x10
     torch.testing.assert_close(f64.float(), m(X), rtol=1e-5, atol=1e-5)
 
 
@@ -131,4 +136,5 @@ def test_state_dict_round_trip():
     other.load_state_dict(m.state_dict())
     X = torch.randn(6, 2)
     assert torch.equal(other(X), m(X))
+    # a copy of one slice: equal bits (allclose's default tolerance is never needed)
     assert np.allclose(m.network_state(1)["weights.0"].numpy(), m.weights[0][1].detach().numpy())

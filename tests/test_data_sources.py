@@ -144,7 +144,18 @@ def test_kernel_nc1_with_d_equal_to_D_is_that_of_the_centred_scaled_inputs(tmp_p
     centred = X[kept] - X[kept].mean(axis=0)
     Z = centred * 1.5 / math.sqrt((centred ** 2).sum(axis=1).mean() / D)
     Z = Z[ds.index.numpy()]
-    assert np.allclose(ds.X.numpy() @ ds.X.numpy().T, Z @ Z.T, rtol=0, atol=1e-12 * np.abs(Z @ Z.T).max())
+    # The Gram of the drawn rows against that of Z (rotation-free): the package's mean sums the n = 60
+    # kept rows in its own order (<= n eps max|X| per coordinate, times the scale s, a shift of each
+    # row by <= sqrt(D) of that); its eigenvectors are orthonormal and the rotation rounds to
+    # ~D eps of |z| (LAPACK); the Gram sums D products (D eps |z|^2). So the entries move by
+    # <= 2 |z|max dz + D eps |z|max^2 with dz the row error, x4 for the constants: ~2e-13 of
+    # max|ZZ^T| here (was a fixed 1e-12); a wrong centring or scale is O(1).
+    eps, n = np.finfo(np.float64).eps, len(kept)
+    zmax = np.sqrt((Z ** 2).sum(axis=1).max())
+    dz = math.sqrt(D) * n * eps * np.abs(X[kept]).max() * 1.5 / math.sqrt((centred ** 2).sum(axis=1).mean() / D) \
+        + D * eps * zmax
+    gram_tol = 4 * (2 * zmax * dz + D * eps * zmax ** 2)
+    assert np.abs(ds.X.numpy() @ ds.X.numpy().T - Z @ Z.T).max() <= gram_tol
     net = NetworkParams.from_config(cfg)
     got = limiting_kernels_nc1(ds.X, ds.labels, net)
     nngp, ntk = _erf_nc1_independent(Z, ds.labels.numpy(), net.final_weight_std ** 2)

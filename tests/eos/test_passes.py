@@ -46,11 +46,13 @@ def test_fused_passes_equal_the_closed_form_to_1e13(activation, form, d, sig2):
     built from the kernel map's ``terms`` (ErfMap / ReluFamilyMap: the one written closed form).
 
     Both evaluate the same float64 expressions in another order: per entry of Q a handful of
-    roundings (< 16 eps), amplified by the arcsine's or arctangent's condition, which stays below 4
-    on these kernels (variances up to ~20), so ~1e-14 of max|Q|. The diagonal of G is a sum of
-    N = 96 products A_ij P_ij whose rounding is <= N eps times the sum of their sizes: G's error is
-    measured against ``size`` = max|A o Kdphi| + max_i sum_j |A_ij P_ij| (~2e-14 bound). 1e-13
-    leaves a margin of ~5; a wrong or missing term is O(1)."""
+    roundings (< 16 eps) of F and of its argument, which the map amplifies by its condition in K,
+    amp = max|Kdphi o K| / max|F| (the arcsine's or arctangent's slope; computed here: up to ~8 on
+    these kernels, variances up to ~20), so <= 16 eps (1 + amp) of max|Q|. The diagonal of G is a
+    sum of N = 96 products A_ij P_ij whose rounding is <= N eps times the sum of their sizes: G's
+    error is measured against ``size`` = max|A o Kdphi| + max_i sum_j |A_ij P_ij|, bound (N + 16
+    (1 + amp)) eps. Both bounds stay below the issue's 1e-13 (asserted); measured <= 0.1 of them.
+    A wrong or missing term is O(1)."""
     K, A = _case(d, sig2)
     reference = passes.generic(activations.get(activation).kernel_map)
     Q_ref, (Kd, P) = reference.q(K.clone(), K.diagonal().clone(), 1 / 128)
@@ -58,7 +60,11 @@ def test_fused_passes_equal_the_closed_form_to_1e13(activation, form, d, sig2):
     q, g = getattr(passes, f"{activation}_q_{form}"), getattr(passes, f"{activation}_g_{form}")
     Q, ctx = q(K.clone(), K.diagonal().clone(), 1 / 128)
     G, s = g(A.clone(), ctx, 1 / 128)
-    assert float((Q - Q_ref).abs().max()) < 1e-13 * float(Q_ref.abs().max())
+    F, Kdphi = activations.get(activation).kernel_map.maps(K)
+    amp = float((Kdphi * K).abs().max() / F.abs().max())
+    q_rel, g_rel = 16 * (1 + amp) * EPS, (K.shape[0] + 16 * (1 + amp)) * EPS
+    assert q_rel < 1e-13 and g_rel < 1e-13
+    assert float((Q - Q_ref).abs().max()) <= q_rel * float(Q_ref.abs().max())
     size = s_ref * float((A.abs() * Kd.abs()).max() + (A.abs() * P.abs()).sum(1).max())
-    assert float((s * G - s_ref * G_ref).abs().max()) < 1e-13 * size
+    assert float((s * G - s_ref * G_ref).abs().max()) <= g_rel * size
     assert form == "torch" or torch.equal(G, G.T)  # the loops write both triangles from one

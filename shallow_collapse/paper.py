@@ -28,7 +28,6 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from . import cli, matched_study
 from .compare import compare
 from .config import ConfigError, format_override, parse_override, read_yaml, resolve, load_config

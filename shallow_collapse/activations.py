@@ -69,6 +69,12 @@ class Activation:
         """Whether the kernel map is a closed form (not computed from phi numerically)."""
         return not isinstance(self.kernel_map, NumericalMaps)
 
+    @property
+    def homogeneous(self) -> bool:
+        """Whether phi(s z) = s phi(z) for every s > 0 (the ReLU family, abs): the posterior sampler's
+        scale move needs it."""
+        return isinstance(self.kernel_map, ReluFamilyMap)
+
     @cached_property
     def numerical(self) -> NumericalMaps:
         """The numerical kernel map of phi (the kernel map itself when there is no closed form;

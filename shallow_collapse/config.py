@@ -52,6 +52,11 @@ RETIRED = {
                    "(docs/CONFIG.md)",
     "optimizer": "retired: the posterior network is its own job, posterior_bulk_balanced or "
                  "posterior_bulk_imbalanced (configs/posterior_bulk_balanced.yml); the FCN sweeps train with SGD",
+    **{f"posterior_{key}": f"retired with the gradient samplers (pCN-Langevin, MALA): the posterior network is "
+                           f"sampled by collapsed Gibbs with elliptical slice sampling, which has no {what} "
+                           f"(docs/POSTERIOR.md)"
+       for key, what in (("proposal", "proposal"), ("step", "step size"),
+                         ("target_acceptance", "acceptance rate"), ("thin", "thinning: every sweep is kept"))},
     "f_tol": "retired: the EoS now converge on the relative residual; use rtol "
              "(max|Sigma - Sigma_new| / max|Sigma|, default 1e-8)",
 }
@@ -80,6 +85,7 @@ POSITIVE = Bound(lambda v: v > 0, "a positive number", "positive numbers")
 FRACTION = Bound(lambda v: 0 < v < 1, "a number between 0 and 1", "numbers between 0 and 1")
 AT_LEAST_2 = Bound(lambda v: v >= 2, "an integer >= 2 (at least one hidden layer)", "integers >= 2")
 TWO_OR_MORE = Bound(lambda v: v >= 2, "an integer >= 2", "integers >= 2")
+EVEN_TWO_OR_MORE = Bound(lambda v: v >= 2 and v % 2 == 0, "an even integer >= 2", "even integers >= 2")
 FOUR_OR_MORE = Bound(lambda v: v >= 4, "an integer >= 4 (split R-hat halves each chain)", "integers >= 4")
 ABOVE_1 = Bound(lambda v: v > 1, "a number above 1", "numbers above 1")
 
@@ -146,26 +152,23 @@ SCHEMA: dict[str, Key] = {
     "momentum": Key(SGDParams.momentum, "float", "fcn", "SGD momentum", bound=NON_NEGATIVE),
     "weight_decay": Key(SGDParams.weight_decay, "float", "fcn", "SGD weight decay (L2)", bound=NON_NEGATIVE),
     # the posterior network the EoS describe, readout integrated out (docs/POSTERIOR.md)
-    "posterior_proposal": Key(PosteriorParams.proposal, "pcnl|mala", "posterior",
-                              "Metropolis-Hastings proposal: pcnl (pCN-Langevin, prior exact) or mala"),
-    "posterior_step": Key(PosteriorParams.step, "float", "posterior",
-                          "initial step size in prior-whitened coordinates (adapted during burn-in)", bound=POSITIVE),
-    "posterior_target_acceptance": Key(PosteriorParams.target_acceptance, "float", "posterior",
-                                       "acceptance rate the burn-in adapts each chain's step toward", bound=FRACTION),
     "posterior_burn_in": Key(PosteriorParams.burn_in, "int", "posterior",
-                             "steps per chain discarded while the step size adapts", bound=NON_NEGATIVE_INT),
-    "posterior_samples": Key(PosteriorParams.samples, "int", "posterior",
-                             "retained samples per chain (step size frozen)", bound=FOUR_OR_MORE),
-    "posterior_thin": Key(PosteriorParams.thin, "int", "posterior", "steps between retained samples",
-                          bound=POSITIVE_INT),
+                             "Gibbs sweeps per chain discarded (a sweep updates every neuron once)",
+                             bound=NON_NEGATIVE_INT),
+    "posterior_samples": Key(PosteriorParams.samples, "int", "posterior", "Gibbs sweeps per chain retained",
+                             bound=FOUR_OR_MORE),
     "posterior_chains": Key(PosteriorParams.chains, "int", "posterior",
-                            "independent chains per data draw (standard errors and R-hat from their spread)",
-                            bound=TWO_OR_MORE),
+                            "chains per data draw, even: half start from the prior, half from the AK's Sigma",
+                            bound=EVEN_TWO_OR_MORE),
     "posterior_rhat_max": Key(PosteriorParams.rhat_max, "float", "posterior",
-                              "a draw whose largest split R-hat exceeds this is not_converged", bound=ABOVE_1),
+                              "a draw whose largest rank-normalised split R-hat exceeds this is not_converged",
+                              bound=ABOVE_1),
     "posterior_ess_min": Key(PosteriorParams.ess_min, "float", "posterior",
-                             "a draw whose smallest effective sample size (all its chains) is below this is "
+                             "a draw whose smallest bulk or tail effective sample size is below this is "
                              "not_converged", bound=NON_NEGATIVE),
+    "posterior_se_max": Key(PosteriorParams.se_max, "float", "posterior",
+                            "a draw whose Monte Carlo SE of log10 NC1 exceeds this is not_converged",
+                            bound=POSITIVE),
     "probe_features": Key(ProbeParams.probe_features, "bool", "probe", "probe NC1 of every layer's features during training"),
     "probe_weights": Key(ProbeParams.probe_weights, "bool", "probe", "probe the spectra of W^T W during training"),
     "probe_kernels": Key(False, "bool", "probe", "also compute the limiting kernels of the run's data"),

@@ -97,8 +97,8 @@ def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple,
 
 FCN_METHODS = ("fcn", "nngp", "ntk")
 # The keys of the posterior network besides its grid and its own (posterior_*): the network the EoS
-# describe (width h, priors sigw2 and siga2, noise sig2, the activation); none of SGD's, of the
-# FCN's init or of the EoS solver's.
+# describe (width h, priors sigw2 and siga2, noise sig2, the activation) and the EoS solver's (half
+# the chains start from the AK's Sigma of the same draw); none of SGD's or of the FCN's init.
 POSTERIOR_USES = ("activation", "leaky_relu_slope", "h", "sigw2", "siga2", "sig2")
 
 
@@ -114,7 +114,7 @@ SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, co
     "posterior": (f"NC1 of the posterior network the EoS describe (readout integrated out, exact MCMC), with the "
                   f"NNGP of the same draws, {GRID_OF}", posterior.evaluate_cell, posterior.METHODS,
                   ("network", "ak", "posterior"),
-                  tuple(k for k in keys_of("network", "ak") if k not in POSTERIOR_USES), _no_check),
+                  (*(k for k in keys_of("network") if k not in POSTERIOR_USES), *AK_UNUSED, "lightweight"), _no_check),
 }
 
 JOBS: dict[str, Job] = {  # every sweep, balanced and imbalanced

@@ -44,7 +44,7 @@ SWEEPS = ("posterior_bulk_balanced", "adaptive_kernels_bulk_balanced", "fcn_bulk
 USABLE_AK = ("ok", "noise_limited")  # certified AK statuses (docs/SOLVER.md): both are compared
 TABLE_COLUMNS = ["activation", "N", "in_features", "repeat", "posterior", "se_posterior", "posterior_status",
                  "ak", "ak_status", "nngp", "fcn", "fcn_status", "ak_minus_posterior", "gap_in_se", "ak_outside",
-                 "rhat", "ess", "acceptance", "posterior_seconds"]
+                 "rhat", "ess_bulk", "ess_tail", "posterior_seconds"]
 CELL_COLUMNS = ["activation", "N", "in_features", "draws", "draws_compared", "posterior", "se_posterior", "ak",
                 "nngp", "fcn", "ak_minus_posterior", "se_ak_minus_posterior", "gap_in_se"]
 
@@ -103,7 +103,7 @@ def study_table(points: list[dict]) -> list[dict]:
                 "ak": _value(a), "ak_status": a["status"] if a else "missing", "nngp": _value(nngp),
                 "fcn": _value(f), "fcn_status": f["status"] if f else "missing", "ak_minus_posterior": gap,
                 "gap_in_se": gap / se if se > 0 else math.nan, "ak_outside": bool(usable and abs(gap) > 2 * se),
-                "rhat": row.get("rhat"), "ess": row.get("ess"), "acceptance": row.get("acceptance"),
+                "rhat": row.get("rhat"), "ess_bulk": row.get("ess_bulk"), "ess_tail": row.get("ess_tail"),
                 "posterior_seconds": row.get("seconds")})
     return sorted(table, key=lambda r: (r["activation"], r["N"], r["in_features"], r["repeat"]))
 

@@ -24,7 +24,7 @@ F32, F64 = 4, 8
 WORKER_BYTES = 400 * 2**20  # a spawned worker process with torch, numpy and scipy imported
 GRID_KEYS = {"balanced": "N_list", "imbalanced": "class_sizes_list"}
 METHOD_KEYS = {"limiting_kernels": ("L",), "fcn": ("hidden_features", "L", "num_epochs"),
-               "adaptive_kernels": ("inner_maxiter",), "posterior": ("h", "posterior_chains", "posterior_samples")}
+               "adaptive_kernels": ("inner_maxiter",), "posterior": ("h", "posterior_chains", "posterior_samples", "inner_maxiter")}
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,13 @@ def _fcn(cfg, N, d, R):
 
 
 def _posterior(cfg, N, d, R):
-    """The collapsed-posterior sampler (float64): R * chains chains, each with its features and
-    their autograd copies (about 8 of (N, h)), the kernel, its Cholesky factor and their gradients
-    (about 6 of (N, N) or (h, h), the smaller), states, proposals and noise (about 10 of (h, d)),
-    and per retained sample three scalars."""
+    """The Gibbs sampler (float64): R * chains chains, each with C_W^-1 and the refactorisation's
+    kernel, factor and inverse (4 of (N, N)), its features (F and a scaled copy, 2 of (N, h)), the
+    sweep's noise (h (d + 66) numbers), the readout's O(N^2 + N h) and per retained sweep four
+    scalars; plus the AK solve of each draw for the starts."""
     B, h = R * cfg["posterior_chains"], cfg["h"]
-    m = min(N, h)
-    per_chain = 8 * N * h + 6 * m * m + 10 * h * d + 4 * N + d * d * 2 + 3 * cfg["posterior_samples"]
-    return _limiting_kernels(cfg, N, d, R) + B * per_chain * F64
+    per_chain = 4 * N * N + 2 * N * h + h * (d + 66) + 4 * N + d * d * 2 + 4 * cfg["posterior_samples"]
+    return max(_limiting_kernels(cfg, N, d, R) + B * per_chain * F64, _adaptive_kernels(cfg, N, d, R))
 
 
 def _adaptive_kernels(cfg, N, d, R):

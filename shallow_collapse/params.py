@@ -87,28 +87,26 @@ class SGDParams(_Group):
 
 @dataclass(frozen=True, kw_only=True)
 class PosteriorParams(_Group):
-    """Exact MCMC of the collapsed posterior of the network the EoS describe (docs/MATH.md,
-    :func:`~shallow_collapse.posterior.sample_posterior`).
+    """Exact MCMC of the collapsed posterior of the network the EoS describe (docs/POSTERIOR.md,
+    :func:`~shallow_collapse.posterior.sample_posterior`): collapsed Gibbs over neurons by
+    elliptical slice sampling, with no step size to tune.
 
-    ``proposal``: pcnl (default) or mala; ``step``: the initial step eps in prior-whitened
-    coordinates, adapted per chain during ``burn_in`` steps toward ``target_acceptance`` and then
-    frozen; ``samples``: retained samples per chain, every ``thin`` steps; ``chains``: independent
-    chains per draw; a draw is not converged when its largest split R-hat exceeds ``rhat_max`` or
-    its smallest effective sample size (all its chains) is below ``ess_min``.
+    ``burn_in``: sweeps per chain discarded; ``samples``: sweeps per chain retained (one sweep
+    updates every neuron once); ``chains``: chains per draw, even (half start from the prior, half
+    from the AK's Sigma). A draw is not converged when its largest rank R-hat exceeds ``rhat_max``,
+    its smallest bulk or tail effective size is below ``ess_min``, the Monte Carlo SE of its
+    log10 NC1 exceeds ``se_max``, or the two halves of its chains disagree.
     """
 
     CONFIG_KEYS: ClassVar[dict[str, str]] = {name: f"posterior_{name}" for name in (
-        "proposal", "step", "target_acceptance", "burn_in", "samples", "thin", "chains", "rhat_max", "ess_min")}
+        "burn_in", "samples", "chains", "rhat_max", "ess_min", "se_max")}
 
-    proposal: str = "pcnl"
-    step: float = 0.2
-    target_acceptance: float = 0.574
-    burn_in: int = 2000
-    samples: int = 2000
-    thin: int = 2
+    burn_in: int = 50
+    samples: int = 250
     chains: int = 4
-    rhat_max: float = 1.1
+    rhat_max: float = 1.01
     ess_min: float = 100.0
+    se_max: float = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)

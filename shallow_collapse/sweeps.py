@@ -158,6 +158,7 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     with cell_executor(cfg) as pool, cell_progress(run.job, len(todo)) as advance:
         failed = partial(failed_cell, cfg=cfg, methods=methods)
         for record in completed(pool, compute_cell, todo, cfg, evaluate, methods, on_error=failed):
+            write_traces(run.path, record)
             atomic_write_json(cells_dir / f"{record['cell']}.json", record)
             log_cell(run, record)
             advance()
@@ -168,6 +169,18 @@ def run_sweep(cfg: dict, run: Run, evaluate: Callable, grid: str, methods: tuple
     if plot is not None:
         plot(rows, summary, run.plots, grid=grid)
     return rows
+
+
+def write_traces(folder: Path, record: dict) -> None:
+    """Move each row's ``traces`` (name -> draws ``(S, M)``, a sampler's series) out of the cell's
+    record into ``traces/<cell>-<method>-r<repeat>.nc``, a netCDF file ArviZ opens."""
+    for row in record["rows"]:
+        traces = row.pop("traces", None)
+        if traces:
+            from .posterior.diagnostics import save_traces  # arviz and xarray load only here
+            name = f"{record['cell']}-{row['method']}-r{row['repeat']}.nc"
+            save_traces(make_folder(folder, "traces") / name, traces,
+                        {"cell": record["cell"], "method": row["method"], "repeat": row["repeat"]})
 
 
 def log_cell(run: Run, record: dict) -> None:

@@ -16,6 +16,7 @@ from ..devices import resolve_device
 from ..model import seed_int
 from ..params import EoSParams, NetworkParams, PosteriorParams
 from ..posterior import sample_posterior
+from . import adaptive_kernel as adaptive_kernel_experiment
 from . import error_rows
 from . import limiting_kernels as limiting_kernels_experiment
 
@@ -42,8 +43,27 @@ def _row(repeat: int, result) -> dict:
     return {"method": "posterior", "repeat": repeat, "nc1": 10**value if math.isfinite(value) else math.nan,
             "status": result.status, "message": result.message, "se_log10_nc1": result.se_log10_nc1,
             "sigma_trace": result.sigma_trace, "se_sigma_trace": result.se_sigma_trace,
-            "readout_sq_norm": result.a2, "rhat": result.rhat, "ess": result.ess, "acceptance": result.acceptance,
-            "step_size": result.eps, "steps": result.steps, "seconds": round(result.seconds, 3)}
+            "readout_sq_norm": result.a2, "rhat": result.rhat, "ess_bulk": result.ess_bulk,
+            "ess_tail": result.ess_tail, "log10_nc1_prior_start": result.halves[0],
+            "log10_nc1_sigma_start": result.halves[1], "evaluations": result.evaluations, "cuts": result.cuts,
+            "drift": result.drift, "sweeps": result.sweeps, "seconds": round(result.seconds, 3),
+            "traces": result.traces}
+
+
+def start_sigmas(cfg: dict, datasets) -> torch.Tensor | None:
+    """The AK's Sigma ``(R, d, d)`` of each draw (the second half of the chains starts there), or None
+    when a solve fails or gives a matrix that is not positive definite (all chains then start from
+    the prior, and the result's message says so)."""
+    sigmas = []
+    for ds in datasets:
+        try:
+            sigma = adaptive_kernel_experiment.solve(cfg, ds).Sigma.detach().cpu().to(torch.float64)
+        except Exception:  # noqa: BLE001 -- a failed solve only loses the overdispersed start
+            return None
+        if not bool(torch.isfinite(sigma).all()) or torch.linalg.cholesky_ex(sigma)[1] != 0:
+            return None
+        sigmas.append(sigma)
+    return torch.stack(sigmas)
 
 
 def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
@@ -58,11 +78,17 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     Y = torch.stack([ds.y for ds in datasets]).to(device, torch.float64).unsqueeze(-1)
     seeds = [s for r in cell.repeats
              for s in chain_seeds(cfg["seed"], cell.class_sizes, cell.in_features, r, params.chains)]
-    phi = NetworkParams.from_config(cfg).act.phi
+    act = NetworkParams.from_config(cfg).act
+    sigmas = start_sigmas(cfg, datasets)
     try:
-        results = sample_posterior(X, Y, labels.to(device), phi, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
-                                   h=eos.h, params=params, seeds=seeds)
+        results = sample_posterior(X, Y, labels.to(device), act.phi, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
+                                   h=eos.h, params=params, seeds=seeds, homogeneous=act.homogeneous,
+                                   start_sigma=sigmas)
         rows = [_row(r, res) for r, res in zip(cell.repeats, results)]
+        if sigmas is None:
+            for row in rows:
+                row["message"] = "; ".join(m for m in (row["message"], "the AK gave no Sigma: every chain "
+                                                       "started from the prior") if m)
     except (RuntimeError, FloatingPointError, ValueError) as exc:  # e.g. out of memory
         rows = error_rows(["posterior"], cell.repeats, exc)
     nngp = limiting_kernels_experiment.evaluate_cell(prior_network_config(cfg), cell, datasets)

@@ -1,54 +1,47 @@
-"""The chain driver: burn-in with per-chain step-size adaptation, then frozen-step sampling with a recorder.
+"""The chain driver: Gibbs sweeps of every chain (:mod:`.gibbs`) with a recorder of the retained ones.
 
-All chains advance together as one batch (B = draws x chains). Chain b draws its start (a prior
-draw of v) and every random number from its own generator, seeded by ``seeds[b]``, on the CPU,
-so a chain gives the same numbers on any device up to round-off and however many chains run
-beside it.
-
-Adaptation (burn-in only): log eps_b += gain_t (p_b - target), p_b the chain's acceptance
-probability of step t, gain_t = 1 / (t + 10)^0.6 (a Robbins-Monro sequence). The step is frozen
-when sampling starts, so the sampled chain is a time-homogeneous Markov chain with the exact
-posterior as its stationary law.
+Chain b draws every random number from its own CPU generator, so a chain gives the same numbers
+(up to round-off) on any device, in any chain group and beside any other chains. Chains run in
+groups whose matrices fit the last-level cache (``GROUP_BYTES``): a sweep reads every chain's
+inverse and features once per candidate, so it runs at cache bandwidth rather than memory's
+(bench/bench_posterior.py measures it).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from .. import metrics
 from ..gp import readout_posterior
-from .steps import State, initial_state, mh_step
-from .target import CollapsedPosterior
+from . import gibbs
 
-__all__ = ["Recorder", "ChainRun", "run_chains"]
+__all__ = ["Recorder", "ChainRun", "run_chains", "chain_groups", "GROUP_BYTES"]
+
+GROUP_BYTES = 12 * 2**20  # a chain group's float64 matrices: two cells at once share a 32 MiB L3
 
 
 class Recorder:
-    """What a retained sample contributes (per chain): the traces of Sigma_W, Sigma_B of its kernel
-    K_W = (siga2/h) F F^T (``tr_w``, ``tr_b``: series ``(S, B)``, linear in K, so chain means give
-    the NC1 of the posterior-averaged kernel), Tr (1/h) W^T W (series), and running sums of
-    (1/h) W^T W ``(B, d, d)``, of the Rao-Blackwellised E[f | W] = F m_W ``(B, N, C)`` and of
-    E[|a|^2 | W] ``(B,)`` from the conditional readout (:func:`shallow_collapse.gp.readout_posterior`)."""
+    """Per retained sweep and chain: the series ``tr_w``, ``tr_b`` (traces of Sigma_W, Sigma_B of
+    K_W = c F F^T; linear in K, so chain means give the NC1 of E[K_W]) and ``sigma_trace``
+    (Tr W^T W / h), and running sums of W^T W / h ``(B, d, d)``, of the Rao-Blackwellised
+    E[f | W] ``(B, N, C)`` and of E[|a|^2 | W] ``(B,)`` (:func:`shallow_collapse.gp.readout_posterior`)."""
 
-    def __init__(self, target: CollapsedPosterior, labels: torch.Tensor):
+    def __init__(self, target: gibbs.GibbsTarget, labels: torch.Tensor):
         self.target, self.labels = target, labels
         self.series = {"tr_w": [], "tr_b": [], "sigma_trace": []}
         self.count = 0
         self.sigma_sum = self.f_sum = self.a2_sum = 0.0
 
     @torch.no_grad()
-    def record(self, v: torch.Tensor) -> None:
+    def record(self, W: torch.Tensor, F: torch.Tensor) -> None:
         t = self.target
-        h = v.shape[-2]
-        F = t.features(v)
-        tr_w, tr_b = metrics.feature_traces(F * math.sqrt(t.scale(h)), self.labels)
-        W = t.weights(v)
-        S = W.transpose(-1, -2) @ W / h
-        readout = readout_posterior(F, t.Y, t.scale(h), t.sig2)
+        tr_w, tr_b = metrics.feature_traces(F * math.sqrt(t.c), self.labels)
+        S = W.transpose(-1, -2) @ W / t.h
+        readout = readout_posterior(F, t.Y, t.c, t.sig2)
         self.series["tr_w"].append(tr_w)
         self.series["tr_b"].append(tr_b)
         self.series["sigma_trace"].append(torch.diagonal(S, dim1=-2, dim2=-1).sum(-1))
@@ -60,62 +53,63 @@ class Recorder:
     def arrays(self) -> dict:
         """The series as ``(S, B)`` numpy arrays and the posterior means ``sigma`` ``(B, d, d)``,
         ``f`` ``(B, N, C)``, ``a2`` ``(B,)`` per chain."""
-        out = {k: torch.stack(v).cpu().numpy() for k, v in self.series.items()}
+        out = {k: torch.stack(v).cpu().numpy() if v else np.zeros((0, self.target.X.shape[0]))
+               for k, v in self.series.items()}
         n = max(self.count, 1)
-        out.update(sigma=(self.sigma_sum / n).cpu().numpy(), f=(self.f_sum / n).cpu().numpy(),
-                   a2=(self.a2_sum / n).cpu().numpy())
+        out.update(sigma=np.asarray((self.sigma_sum / n).cpu()), f=np.asarray((self.f_sum / n).cpu()),
+                   a2=np.asarray((self.a2_sum / n).cpu()))
         return out
 
 
 @dataclass
 class ChainRun:
-    """A finished run: the recorder's arrays, the frozen step sizes ``eps`` ``(B,)``, the mean
-    acceptance probability of each chain while sampling ``acceptance`` ``(B,)``, the steps taken and
-    the wall time."""
+    """A finished run: the recorder's arrays; per chain ``(B,)`` the mean candidates per neuron
+    update (``evaluations``), the cut brackets (``cuts``), the largest relative drift of the
+    updated inverse before a refactorisation (``drift``); the sweeps and the wall time."""
 
     records: dict
-    eps: np.ndarray
-    acceptance: np.ndarray
-    steps: int
+    evaluations: np.ndarray
+    cuts: np.ndarray
+    drift: np.ndarray
+    sweeps: int
     seconds: float
-    v: torch.Tensor = field(repr=False)
+    W: torch.Tensor = field(repr=False)
 
 
-def _normal(generators, shape, dtype, device) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in generators]).to(device)
+def chain_groups(B: int, N: int, h: int) -> list[slice]:
+    """Consecutive chain groups whose features ``(N, h)`` and inverse ``(N, N)`` fit ``GROUP_BYTES`` in
+    float64 (at least one chain per group)."""
+    size = max(1, GROUP_BYTES // (8 * (N * h + N * N)))
+    return [slice(s, min(s + size, B)) for s in range(0, B, size)]
 
 
-def _uniform(generators, dtype, device) -> torch.Tensor:
-    return torch.stack([torch.rand((), generator=g, dtype=dtype) for g in generators]).to(device)
-
-
-ADAPT_OFFSET, ADAPT_DECAY = 10.0, 0.6  # gain_t = 1 / (t + 10)^0.6: sum gain = inf, sum gain^2 < inf
-
-
-def run_chains(target: CollapsedPosterior, labels: torch.Tensor, h: int, seeds: list[int], *, proposal: str,
-               eps0: float, target_acceptance: float, burn_in: int, samples: int, thin: int) -> ChainRun:
-    """Start one chain per seed at a prior draw of v ``(h, d)``, adapt its step over ``burn_in``
-    steps, then record every ``thin``-th of ``samples * thin`` steps with the step frozen."""
-    X = target.X
-    B, d = X.shape[0], X.shape[-1]
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    v = _normal(generators, (h, d), X.dtype, X.device)
-    state: State = initial_state(target, v)
-    log_eps = torch.full((B,), math.log(eps0), dtype=X.dtype, device=X.device)
+def _run_group(target: gibbs.GibbsTarget, labels, W0, generators, burn_in: int, samples: int, scale_move: bool):
+    state = gibbs.init(target, W0.clone())
     recorder = Recorder(target, labels)
-    acc_sum = torch.zeros(B, dtype=X.dtype, device=X.device)
+    evals = torch.zeros(W0.shape[0], dtype=W0.dtype, device=W0.device)
+    cuts, drift = torch.zeros_like(evals), torch.zeros_like(evals)
+    for t in range(burn_in + samples):
+        noise = gibbs.draw_noise(generators, target.h, W0.shape[-1], W0.dtype, W0.device)
+        info = gibbs.sweep(target, state, noise, scale_move=scale_move)
+        evals += info.evaluations
+        cuts += info.cuts
+        drift = torch.maximum(drift, torch.nan_to_num(info.drift, nan=math.inf))
+        if t >= burn_in:
+            recorder.record(state.W, state.F)
+    return recorder.arrays(), evals / max(burn_in + samples, 1), cuts, drift, state.W
+
+
+def run_chains(target: gibbs.GibbsTarget, labels: torch.Tensor, W0: torch.Tensor,
+               generators: list[torch.Generator], *, burn_in: int, samples: int, scale_move: bool) -> ChainRun:
+    """``burn_in`` then ``samples`` recorded sweeps of every chain from ``W0`` ``(B, h, d)``, chain b
+    drawing from ``generators[b]``; ``scale_move`` only for positively homogeneous activations."""
     start = time.perf_counter()
-    total = burn_in + samples * thin
-    for t in range(total):
-        noise = _normal(generators, (h, d), X.dtype, X.device)
-        uniform = _uniform(generators, X.dtype, X.device)
-        state, prob = mh_step(target, state, torch.exp(log_eps), noise, uniform, proposal)
-        if t < burn_in:
-            log_eps += (prob - target_acceptance) / (t + ADAPT_OFFSET) ** ADAPT_DECAY
-        else:
-            acc_sum += prob
-            if (t - burn_in + 1) % thin == 0:
-                recorder.record(state.v)
-    sampled = max(total - burn_in, 1)
-    return ChainRun(recorder.arrays(), torch.exp(log_eps).cpu().numpy(), (acc_sum / sampled).cpu().numpy(),
-                    total, time.perf_counter() - start, state.v)
+    parts = []
+    for g in chain_groups(W0.shape[0], target.X.shape[-2], target.h):
+        sub = replace(target, X=target.X[g], Y=target.Y[g])
+        parts.append(_run_group(sub, labels, W0[g], generators[g], burn_in, samples, scale_move))
+    records = {k: np.concatenate([p[0][k] for p in parts], axis=1 if k in ("tr_w", "tr_b", "sigma_trace") else 0)
+               for k in parts[0][0]}
+    cat = lambda i: torch.cat([p[i] for p in parts]).cpu().numpy()
+    return ChainRun(records, cat(1), cat(2), cat(3), burn_in + samples, time.perf_counter() - start,
+                    torch.cat([p[4] for p in parts]))

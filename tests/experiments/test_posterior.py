@@ -16,7 +16,7 @@ from shallow_collapse.sweeps import Cell, cell_datasets, read_table
 
 from conftest import nc1_round_off, only_folder
 
-FAST = {"h": 8, "sig2": 0.05, "siga2": 0.5, "posterior_burn_in": 100, "posterior_samples": 100,
+FAST = {"h": 8, "sig2": 0.05, "siga2": 0.5, "posterior_burn_in": 20, "posterior_samples": 60,
         "posterior_chains": 2, "posterior_ess_min": 0}
 
 
@@ -26,10 +26,12 @@ def test_cell_rows_posterior_and_nngp_per_repeat_the_same_twice(write_config):
     rows = posterior.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
     assert [(r["method"], r["repeat"]) for r in rows] == [("posterior", 0), ("posterior", 1), ("nngp", 0), ("nngp", 1)]
     for r in rows[:2]:
-        assert r["status"] in ("ok", "not_converged") and r["se_log10_nc1"] > 0 and 0 < r["acceptance"] < 1
-        assert r["steps"] == 300 and r["seconds"] >= 0 and math.isfinite(r["rhat"])
+        assert r["status"] in ("ok", "not_converged") and r["se_log10_nc1"] > 0 and r["evaluations"] >= 1
+        assert r["sweeps"] == 80 and r["seconds"] >= 0 and math.isfinite(r["rhat"]) and r["cuts"] == 0
+        assert set(r["traces"]) == {"tr_w", "tr_b", "nc1", "sigma_trace"} and r["traces"]["nc1"].shape == (60, 2)
+        assert "prior" not in r["message"]  # the AK gave Sigma: half the chains started there
     again = posterior.evaluate_cell(cfg, cell, cell_datasets(cfg, cell))
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "traces")} for r in rs]  # noqa: E731
     assert strip(again) == strip(rows)  # the seeds are the config's: a rerun gives the same numbers
 
 
@@ -51,11 +53,12 @@ def test_the_posterior_hash_holds_its_keys_and_no_others():
     cfg = load_config("configs/posterior_bulk_balanced.yml")
     job = JOBS["posterior_bulk_balanced"]
     digest = run_hash(cfg, "posterior_bulk_balanced", job.keys_for(cfg))
-    for key, value in [("rtol", 1e-6), ("annealing_factors", [1e4, 500.0]), ("lr", 0.5), ("hidden_features", 7),
-                       ("final_weight_std", 3.0), ("L", 3)]:  # the AK solver's, SGD's and the FCN's keys
+    for key, value in [("lr", 0.5), ("hidden_features", 7), ("final_weight_std", 3.0), ("L", 3)]:  # SGD's, FCN's
         assert run_hash({**cfg, key: value}, "posterior_bulk_balanced", job.keys_for(cfg)) == digest, key
+    # the AK solver's keys enter: half the chains start from the AK's Sigma, so they move the numbers
     for key, value in [("h", 64), ("sig2", 1e-3), ("sigw2", 2.0), ("siga2", 0.5), ("activation", "relu"),
-                       ("posterior_samples", 10), ("posterior_proposal", "mala")]:
+                       ("posterior_samples", 10), ("posterior_chains", 6), ("rtol", 1e-6),
+                       ("annealing_factors", [1e4, 500.0])]:
         assert run_hash({**cfg, key: value}, "posterior_bulk_balanced", job.keys_for(cfg)) != digest, key
     ak = JOBS["adaptive_kernels_bulk_balanced"]
     ak_cfg = load_config("configs/adaptive_kernels_bulk_balanced.yml")
@@ -71,7 +74,8 @@ def test_a_width_beyond_the_aks_schedule_is_refused_by_the_ak_only(write_config,
 
 @pytest.mark.parametrize("keys, words", [({"optimizer": "langevin"}, ("'optimizer'", "posterior_bulk_balanced")),
                                          ({"langevin_step": 0.5}, ("'langevin_step'", "posterior_")),
-                                         ({"posterior_chains": 1}, ("'posterior_chains'", "integer >= 2"))])
+                                         ({"posterior_chains": 3}, ("'posterior_chains'", "even integer >= 2")),
+                                         ({"posterior_proposal": "pcnl"}, ("'posterior_proposal'", "elliptical"))])
 def test_retired_and_bad_keys_stop_before_any_work(write_config, out_root, refused, keys, words):
     path = write_config(**keys)
     refused(lambda: main("fcn_bulk_balanced", [str(path), "--out", str(out_root)]), *words)

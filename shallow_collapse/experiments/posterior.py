@@ -81,7 +81,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     act = NetworkParams.from_config(cfg).act
     sigmas = start_sigmas(cfg, datasets)
     try:
-        results = sample_posterior(X, Y, labels.to(device), act.phi, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
+        results = sample_posterior(X, Y, labels.to(device), act, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
                                    h=eos.h, params=params, seeds=seeds, homogeneous=act.homogeneous,
                                    start_sigma=sigmas)
         rows = [_row(r, res) for r, res in zip(cell.repeats, results)]

@@ -57,6 +57,7 @@ class GibbsTarget:
     siga2: float
     sig2: float
     h: int
+    code: tuple | None = None  # the compiled loop's activation (:func:`.compiled.activation_code`), or None
 
     @property
     def c(self) -> float:
@@ -98,7 +99,7 @@ class NForm:
         t = self.t
         K = t.c * F @ F.transpose(-1, -2) + t.sig2 * torch.eye(F.shape[-2], dtype=F.dtype, device=F.device)
         L, info = torch.linalg.cholesky_ex(K)
-        M = torch.cholesky_inverse(L)
+        M = torch.cholesky_inverse(L).mT.contiguous()  # row-major (the inverse comes column-major; it is symmetric)
         M = torch.where((info == 0)[:, None, None], M, math.nan)  # a chain that is not finite stays NaN
         return M, M @ t.Y
 
@@ -279,18 +280,28 @@ def _scale_move(target: GibbsTarget, state: GibbsState, uniform: torch.Tensor) -
 def sweep(target: GibbsTarget, state: GibbsState, noise: SweepNoise, *, scale_move: bool) -> SweepInfo:
     """Update every neuron of every chain once (each chain in its own random order), then the scale
     move (``scale_move``: only valid for positively homogeneous phi), then refactorise."""
-    h = target.h
-    evaluations = torch.zeros(state.W.shape[0], dtype=state.W.dtype, device=state.W.device)
-    cuts = torch.zeros_like(evaluations)
-    b = torch.arange(state.W.shape[0])
-    for i in range(h):
-        j = noise.order[:, i]
-        count, cut = _update_neuron(target, state, j, noise.nu[b, j], noise.uniform[:, i])
-        evaluations += count
-        cuts += cut
+    if target.code is not None and state.W.device.type == "cpu":
+        from .compiled import sweep_neurons
+        evaluations, cuts = sweep_neurons(target, state, noise, target.code)
+    else:
+        evaluations, cuts = _sweep_neurons(target, state, noise)
     drift = state.form.refresh(state.F)
     s = torch.ones_like(evaluations)
     if scale_move:
         s = _scale_move(target, state, noise.scale)
         state.form.refresh(state.F)
-    return SweepInfo(evaluations / h, cuts, drift, s)
+    return SweepInfo(evaluations, cuts, drift, s)
+
+
+def _sweep_neurons(target: GibbsTarget, state: GibbsState, noise: SweepNoise) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neuron updates of a sweep in batched torch (any activation, any device): (mean candidates
+    per update, cuts) per chain ``(B,)``."""
+    evaluations = torch.zeros(state.W.shape[0], dtype=state.W.dtype, device=state.W.device)
+    cuts = torch.zeros_like(evaluations)
+    b = torch.arange(state.W.shape[0])
+    for i in range(target.h):
+        j = noise.order[:, i]
+        count, cut = _update_neuron(target, state, j, noise.nu[b, j], noise.uniform[:, i])
+        evaluations += count
+        cuts += cut
+    return evaluations / target.h, cuts

@@ -46,8 +46,8 @@ import torch
 
 from . import activations, metrics
 
-__all__ = ["MeanFieldParams", "MeanFieldResult", "GaussianRestriction", "solve_mean_field",
-           "gaussian_restriction", "tilt", "elliptical_slice", "STATUSES"]
+__all__ = ["MeanFieldParams", "MeanFieldResult", "GaussianRestriction", "Tilt", "solve_mean_field",
+           "gaussian_restriction", "tilt", "factored_tilt", "elliptical_slice", "STATUSES"]
 
 STATUSES = ("ok", "not_converged", "not_normalisable", "nan")
 CUT = 46.0  # the quadrature box holds every point whose log density is within CUT of the maximum
@@ -153,18 +153,56 @@ class _NotNormalisable(Exception):
 
 # -- the tilt ----------------------------------------------------------------------------------------
 
+@dataclass
+class Tilt:
+    """Phihat = (siga2/h)(C M^{-1} - alpha alpha^T) in factored form: ``L`` ``(N, N)`` the lower
+    Cholesky factor of M = siga2 Phi + sig2 I, ``B = L^{-1} Y`` ``(N, C)``, ``scale = siga2 / h``. The
+    quadratic form phi^T Phihat phi = scale (C |g|^2 - |B^T g|^2), g = L^{-1} phi, is evaluated by a
+    triangular solve: at sig2 = 1e-6 the explicit M^{-1} (entries ~1/sig2) loses ~1e-8 relative in
+    it to cancellation, which was the floor of the fixed-point residual."""
+
+    L: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+    @property
+    def C(self) -> int:
+        return self.B.shape[1]
+
+    def whiten(self, F: torch.Tensor) -> torch.Tensor:
+        """L^{-1} f for every row f of ``F`` ``(..., n, N)`` -> ``(..., n, N)``."""
+        return torch.linalg.solve_triangular(self.L, F.transpose(-1, -2), upper=False).transpose(-1, -2)
+
+    def quad(self, F: torch.Tensor) -> torch.Tensor:
+        """phi^T Phihat phi for every row of ``F`` ``(..., n, N)`` -> ``(..., n)``."""
+        G = self.whiten(F)
+        return self.scale * (self.C * (G * G).sum(-1) - (G @ self.B).pow(2).sum(-1))
+
+    def dense(self) -> torch.Tensor:
+        """Phihat ``(N, N)``."""
+        Linv = torch.linalg.solve_triangular(self.L, torch.eye(self.L.shape[0], dtype=DTYPE), upper=False)
+        W = Linv.T @ self.B  # alpha = M^{-1} Y
+        H = self.scale * (self.C * Linv.T @ Linv - W @ W.T)
+        return 0.5 * (H + H.T)
+
+
+def factored_tilt(Phi: torch.Tensor, Y: torch.Tensor, *, siga2: float, sig2: float, h: float) -> Tilt:
+    """The :class:`Tilt` of ``Phi`` ``(N, N)`` and ``Y`` ``(N, C)``. Raises
+    ``torch.linalg.LinAlgError`` when M is not positive definite (or not finite)."""
+    N = Y.shape[0]
+    M = siga2 * Phi + sig2 * torch.eye(N, dtype=DTYPE)
+    if not bool(torch.isfinite(M).all()):
+        raise torch.linalg.LinAlgError("M is not finite")
+    L = torch.linalg.cholesky(0.5 * (M + M.T))
+    B = torch.linalg.solve_triangular(L, Y, upper=False)
+    return Tilt(L, B, siga2 / h)
+
+
 def tilt(Phi: torch.Tensor, Y: torch.Tensor, *, siga2: float, sig2: float, h: float) -> torch.Tensor:
     """Phihat = (siga2/h)(C M^{-1} - alpha alpha^T) ``(N, N)``, M = siga2 Phi + sig2 I, alpha = M^{-1} Y
-    (``Y`` ``(N, C)``): (2/h) dG/dPhi of G = tr(Y^T M^{-1} Y)/2 + (C/2) log det M. Raises
-    ``torch.linalg.LinAlgError`` when M is not positive definite."""
-    N, C = Y.shape
-    M = siga2 * Phi + sig2 * torch.eye(N, dtype=DTYPE)
-    L = torch.linalg.cholesky(0.5 * (M + M.T))
-    Minv = torch.cholesky_inverse(L)
-    alpha = torch.cholesky_solve(Y, L)
-    alpha = alpha + Minv @ (Y - M @ alpha)  # one step of iterative refinement (M is ill-conditioned)
-    A = C * Minv - alpha @ alpha.T
-    return (siga2 / h) * 0.5 * (A + A.T)
+    (``Y`` ``(N, C)``): (2/h) dG/dPhi of G = tr(Y^T M^{-1} Y)/2 + (C/2) log det M (dense; the solver
+    uses :func:`factored_tilt`)."""
+    return factored_tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h).dense()
 
 
 # -- nodes: a discrete measure standing for p ----------------------------------------------------------
@@ -210,10 +248,6 @@ def _features(phi, X, z, L):
     return phi((z @ L.T) @ X.T)
 
 
-def _quad_form(F: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    return ((F @ H) * F).sum(-1)
-
-
 def _radial_moments(kappa: torch.Tensor, d: int):
     """E[r^2 | e], E[r^4 | e] for the radial density r^{d-1} exp(-kappa r^2 / 2)."""
     return d / kappa, d * (d + 2) / kappa**2
@@ -224,7 +258,7 @@ def _homogeneous_nodes(phi, X, L, H, dirs, angular_weight) -> _Nodes:
     integrated out (module docstring). Raises :class:`_NotNormalisable` when kappa <= 0 at a node."""
     d = dirs.shape[1]
     F = _features(phi, X, dirs, L)
-    kappa = 1.0 + _quad_form(F, H) if H is not None else torch.ones(len(dirs), dtype=DTYPE)
+    kappa = 1.0 + H.quad(F) if H is not None else torch.ones(len(dirs), dtype=DTYPE)
     kmin = float(kappa.min())
     if not kmin > 0:
         raise _NotNormalisable(kmin, " at a quadrature node")
@@ -267,7 +301,9 @@ def _circle_kappa_min(act, X, L, H, breaks: np.ndarray, scale: float = 1.0) -> f
     slopes = torch.stack([act.phi(ones)[0], -act.phi(-ones)[0]])  # phi(z)/z above and below 0
     D = torch.where(e_mid @ V.T > 0, slopes[0], slopes[1])  # (arcs, N)
     DV = D[:, :, None] * V[None]  # (arcs, N, 2)
-    B = scale * DV.transpose(1, 2) @ H @ DV  # (arcs, 2, 2)
+    G = H.whiten(DV.transpose(1, 2))  # (arcs, 2, N): L^{-1} of both columns of D X L
+    GB = G @ H.B  # (arcs, 2, C)
+    B = scale * H.scale * (H.C * G @ G.transpose(1, 2) - GB @ GB.transpose(1, 2))  # (arcs, 2, 2)
     B = 0.5 * (B + B.transpose(1, 2))
     best = math.inf
     for ends in (breaks[:-1], breaks[1:]):
@@ -293,7 +329,7 @@ def _grid_nodes(phi, X, L, H, n: int, box: np.ndarray) -> tuple[_Nodes, torch.Te
     F = _features(phi, X, z, L)
     logp = -0.5 * (z * z).sum(1)
     if H is not None:
-        logp = logp - 0.5 * _quad_form(F, H)
+        logp = logp - 0.5 * H.quad(F)
     w = torch.exp(logp - logp.max())
     ones = torch.ones(len(z), dtype=DTYPE)
     return _Nodes(z, w / w.sum(), F, ones, ones, L), logp
@@ -376,7 +412,7 @@ class _Quadrature:
         if self.d == 1:
             dirs = torch.tensor([[1.0], [-1.0]], dtype=DTYPE)
             F = _features(self.act.phi, self.X, dirs, self.L)
-            return float(1.0 + scale * _quad_form(F, H).min())
+            return float(1.0 + scale * H.quad(F).min())
         return _circle_kappa_min(self.act, self.X, self.L, H, self.breaks, scale)
 
     def max_n(self, max_points: int) -> int:
@@ -440,8 +476,8 @@ def _sphere_kappa_min(act, X, L, H, starts: torch.Tensor, steps: int = 150, scal
     best = math.inf
     for _ in range(steps):
         e = v / v.norm(dim=1, keepdim=True)
-        k = 1.0 + scale * _quad_form(act.phi(e @ (X @ L).T), H)
-        best = min(best, float(k.min()))
+        k = 1.0 + scale * H.quad(act.phi(e @ (X @ L).T))
+        best = min(best, float(k.detach().min()))
         opt.zero_grad()
         k.sum().backward()
         opt.step()
@@ -535,7 +571,7 @@ def _solve_quadrature(X, Y, act, Phi, labels, prm: MeanFieldParams, consts, t0) 
         return nd, nd.phi_moment()
 
     try:
-        H = tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h)
+        H = factored_tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h)
         kmin = quad.kappa_min(H)
         if quad.homogeneous and not kmin > 0:
             raise _NotNormalisable(kmin, " at the start")
@@ -572,11 +608,11 @@ def _solve_quadrature(X, Y, act, Phi, labels, prm: MeanFieldParams, consts, t0) 
             trial = mixer.step(x, (new - Phi).reshape(-1)).reshape(Phi.shape)
             trial = 0.5 * (trial + trial.T)
             try:
-                H = tilt(trial, Y, siga2=siga2, sig2=sig2, h=h)
+                H = factored_tilt(trial, Y, siga2=siga2, sig2=sig2, h=h)
             except torch.linalg.LinAlgError:  # the extrapolation left the cone: a damped step instead
                 mixer.reset()
                 trial = Phi + prm.damping * (new - Phi)
-                H = tilt(trial, Y, siga2=siga2, sig2=sig2, h=h)
+                H = factored_tilt(trial, Y, siga2=siga2, sig2=sig2, h=h)
             Phi = trial
             kmin = quad.kappa_min(H)
             if quad.homogeneous and not kmin > 0:
@@ -615,7 +651,7 @@ class _Walkers:
         self.evaluations = 0
 
     def log_lik(self, W):
-        return -0.5 * _quad_form(self.act.phi(W @ self.X.T), self.H)
+        return -0.5 * self.H.quad(self.act.phi(W @ self.X.T))
 
     def set_tilt(self, H):
         self.H = H
@@ -637,7 +673,7 @@ class _Walkers:
             r = z.norm(dim=1, keepdim=True)
             e = z / r
             F = _features(self.act.phi, self.X, e, L)
-            kappa = 1.0 + _quad_form(F, self.H)
+            kappa = 1.0 + self.H.quad(F)
             m2, m4 = _radial_moments(kappa.clamp_min(1e-300), d)
             return _Nodes(e, weight, F, m2, m4, L)
         ones = torch.ones(B, dtype=DTYPE)
@@ -676,7 +712,7 @@ def _solve_walkers_once(X, Y, act, Phi, Sigma0, labels, prm: MeanFieldParams, co
         if radius > 1e4:
             raise _NotNormalisable(kmin, f": walkers reach {radius:.3g} prior standard deviations at iteration {it}")
 
-    H = tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h)
+    H = factored_tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h)
     check(H, 0)
     walkers.set_tilt(H)
     for _ in range(prm.burn_in):
@@ -690,7 +726,7 @@ def _solve_walkers_once(X, Y, act, Phi, Sigma0, labels, prm: MeanFieldParams, co
         gamma = prm.damping if it <= prm.iterations else 1.0 / (it - prm.iterations + 1)
         Phi = Phi + gamma * (est - Phi)
         Phi = 0.5 * (Phi + Phi.T)
-        H = tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h)
+        H = factored_tilt(Phi, Y, siga2=siga2, sig2=sig2, h=h)
         check(H, it)
         walkers.set_tilt(H)
     # the residual at the answer, against fresh estimates averaged over a few sweeps
@@ -819,8 +855,8 @@ class _Restricted:
         alpha = torch.cholesky_solve(self.Y, Lm)
         alpha = alpha + torch.cholesky_solve(self.Y - M @ alpha, Lm)
         G = 0.5 * float((self.Y * alpha).sum()) + C * float(torch.log(torch.diagonal(Lm)).sum())
-        H = tilt(Phi, self.Y, siga2=self.siga2, sig2=self.sig2, h=self.h)
-        f = _quad_form(nodes.F, H)  # phi^T Phihat phi at the nodes (degree 2 in the radius)
+        H = factored_tilt(Phi, self.Y, siga2=self.siga2, sig2=self.sig2, h=self.h)
+        f = H.quad(nodes.F)  # phi^T Phihat phi at the nodes (degree 2 in the radius)
         ezzf = (nodes.z * (nodes.weight * nodes.m4 * f)[:, None]).T @ nodes.z
         ef = float((nodes.weight * nodes.m2 * f).sum())
         Linv = torch.linalg.inv(L)

@@ -54,6 +54,7 @@ CUT = 46.0  # the quadrature box holds every point whose log density is within C
 Z_BOX = 12.0  # first half-width of the box in whitened coordinates (grown while the density touches it)
 Z_BOX_MAX = 1e5
 COARSE = 48  # points per axis of the grid that locates the box
+RESTART = 10.0  # Anderson restarts from the best point when the residual exceeds RESTART times its best
 MAX_SHRINKS = 64  # candidates per elliptical slice update (then the walker stays where it is)
 DTYPE = torch.float64
 
@@ -70,7 +71,8 @@ class MeanFieldParams:
     ``rtol``: converged when max|E_p[phi phi^T] - Phi| / max|Phi| <= rtol (quadrature), or within
     ``mc_tol`` Monte Carlo standard errors of it (walkers); ``grid``: first points per axis (or per
     arc, Gauss-Legendre, homogeneous phi at d = 2), doubled while the nodes stay within
-    ``max_points`` until the moments move by less than ``quad_tol`` (relative); ``walkers``, ``sweeps`` (elliptical slice updates
+    ``max_points`` until the moments move by less than ``quad_tol`` (relative); ``walkers``,
+    ``sweeps`` (elliptical slice updates
     per walker and iteration), ``burn_in`` (updates before the first estimate), ``replicates``
     (independent solves for the standard error; the quadrature is deterministic and solves once).
     """
@@ -78,7 +80,7 @@ class MeanFieldParams:
     method: str = "auto"
     damping: float = 0.5
     anderson: int = 5
-    iterations: int = 200
+    iterations: int = 500
     averaging: int = 40
     rtol: float = 1e-8
     mc_tol: float = 6.0
@@ -349,7 +351,8 @@ def _locate_box(phi, X, L, H, d: int) -> np.ndarray:
         if (lo > -R + 0.5 * step).all() and (hi < R - 0.5 * step).all():
             return np.stack([lo - step, hi + step], 1)
         if R >= Z_BOX_MAX:
-            raise _NotNormalisable(math.nan, f": the density reaches the edge of a box of {R:g} prior standard deviations")
+            raise _NotNormalisable(math.nan, f": the density reaches the edge of a box of {R:g} prior "
+                                   "standard deviations")
         R *= 4.0
 
 
@@ -383,6 +386,8 @@ class _Quadrature:
             return _homogeneous_nodes(phi, self.X, self.L, H, dirs, aw)
         box = _locate_box(phi, self.X, self.L, H, self.d)
         nodes, logp = _grid_nodes(phi, self.X, self.L, H, n, box)
+        if self.d == 1:  # points are cheap on a line; a zoom from an under-resolved grid can cut a narrow peak
+            return nodes
         zoomed = _zoom(nodes, logp, box, n)
         if ((zoomed[:, 1] - zoomed[:, 0]) > 0.8 * (box[:, 1] - box[:, 0])).all():
             return nodes  # the coarse box was already tight: no second pass
@@ -562,7 +567,7 @@ def _solve_quadrature(X, Y, act, Phi, labels, prm: MeanFieldParams, consts, t0) 
     L = torch.eye(d, dtype=DTYPE) * math.sqrt(sigw2 / d)
     quad = _Quadrature(act, X, L, prm.grid)
     mixer = _Anderson(prm.anderson, prm.damping)
-    best = (math.inf, Phi, None)
+    best = (math.inf, Phi, None, None, None)
     residual, refinement, kmin, it = math.inf, math.nan, math.nan, 0
     status, message, nodes = "not_converged", "", None
 
@@ -585,7 +590,10 @@ def _solve_quadrature(X, Y, act, Phi, labels, prm: MeanFieldParams, consts, t0) 
                 status, message = "nan", "the moments are not finite"
                 break
             if residual < best[0]:
-                best = (residual, Phi, nodes)
+                best = (residual, Phi, nodes, new, H)
+            elif residual > RESTART * best[0] and mixer.dx:  # the mixing went astray: back to the best
+                mixer.reset()                                  # point, and a damped step from there
+                residual, Phi, nodes, new, H = best
             if residual <= prm.rtol:
                 if quad.exact:
                     refinement = 0.0
@@ -600,6 +608,7 @@ def _solve_quadrature(X, Y, act, Phi, labels, prm: MeanFieldParams, consts, t0) 
                     break
                 quad.n *= 2
                 mixer.reset()
+                best = (math.inf, Phi, None, None, None)  # the best point of this level only
             if it >= prm.iterations:
                 message = f"iteration budget {prm.iterations} spent (residual {residual:.3g})"
                 break
@@ -626,7 +635,8 @@ def _solve_quadrature(X, Y, act, Phi, labels, prm: MeanFieldParams, consts, t0) 
         return MeanFieldResult(math.nan, math.nan, None, None, None, math.nan, residual, it, "nan", message,
                                time.perf_counter() - t0, "quadrature", kappa_min=kmin)
     if status != "ok":  # report the best point reached
-        residual, Phi, nodes = best
+        if best[2] is not None:
+            residual, Phi, nodes = best[:3]
     Q, sigma, kurt = _finish(Phi, nodes, labels, siga2)
     val = _log10_nc1(Q, labels)
     if not math.isfinite(val):
@@ -708,7 +718,7 @@ def _solve_walkers_once(X, Y, act, Phi, Sigma0, labels, prm: MeanFieldParams, co
         kmin = _sphere_kappa_min(act, X, L, H, starts)
         radius = float((walkers.W.norm(dim=1) / s0).max())
         if not kmin > 0:
-            raise _NotNormalisable(kmin, f" at iteration {it}")
+            raise _NotNormalisable(kmin, " at the start" if it == 0 else f" at iteration {it}")
         if radius > 1e4:
             raise _NotNormalisable(kmin, f": walkers reach {radius:.3g} prior standard deviations at iteration {it}")
 

@@ -72,9 +72,9 @@ class MeanFieldParams:
     ``mc_tol`` Monte Carlo standard errors of it (walkers); ``grid``: first points per axis (or per
     arc, Gauss-Legendre, homogeneous phi at d = 2), doubled while the nodes stay within
     ``max_points`` until the moments move by less than ``quad_tol`` (relative); ``walkers``,
-    ``sweeps`` (elliptical slice updates
-    per walker and iteration), ``burn_in`` (updates before the first estimate), ``replicates``
-    (independent solves for the standard error; the quadrature is deterministic and solves once).
+    ``sweeps`` (elliptical slice updates per walker and iteration), ``burn_in`` (updates before the
+    first estimate), ``replicates`` (independent solves for the standard error; the quadrature is
+    deterministic and solves once).
     """
 
     method: str = "auto"

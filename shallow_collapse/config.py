@@ -26,8 +26,7 @@ import yaml
 from . import data as data_sources
 from .data import DATA_CLASSES, SOURCES as DATA_SOURCES
 from . import activations
-from .eos import STRATEGIES as EOS_STRATEGIES
-from .params import EoSParams, PosteriorParams, NetworkParams, ProbeParams, SGDParams
+from .params import EOS_STRATEGIES, EoSParams, NetworkParams, PosteriorParams, ProbeParams, SGDParams, SolverOptions
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "keys_of", "used_keys", "load_config", "resolve", "parse_override", "format_override", "show", "EOS_STRATEGIES",
            "PLOT_FORMATS"]
@@ -192,16 +191,16 @@ SCHEMA: dict[str, Key] = {
     "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d", bound=POSITIVE),
     "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance", bound=POSITIVE),
     "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance", bound=POSITIVE),
-    "eos_update_strategy": Key(EoSParams.strategy, "|".join(EOS_STRATEGIES), "ak",
+    "eos_update_strategy": Key(SolverOptions.strategy, "|".join(EOS_STRATEGIES), "ak",
                                "EoS solver: minimize (least action, L-BFGS; default), anderson or "
                                "newton-krylov (fixed-point iteration over the annealing schedule)"),
-    "eos_candidates": Key(list(EoSParams.candidates), "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
+    "eos_candidates": Key(list(SolverOptions.candidates), "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
                           "further EoS strategies whose solutions compete; the least action is kept"),
-    "rtol": Key(EoSParams.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol", bound=FRACTION),
-    "maxiter": Key(EoSParams.maxiter, "int", "ak",
+    "rtol": Key(SolverOptions.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol", bound=FRACTION),
+    "maxiter": Key(SolverOptions.maxiter, "int", "ak",
                    "EoS iterations per step (minimize: L-BFGS iterations; newton-krylov: Newton steps)", bound=POSITIVE_INT),
-    "inner_maxiter": Key(EoSParams.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step", bound=POSITIVE_INT),
-    "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
+    "inner_maxiter": Key(SolverOptions.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step", bound=POSITIVE_INT),
+    "max_subdivisions": Key(SolverOptions.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
     "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
                              "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
     "lightweight": Key(False, "bool", "ak_single", "single AK runs only (sweeps never read it): solve at chi = h directly, without the annealing "

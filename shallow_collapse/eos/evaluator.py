@@ -71,7 +71,7 @@ class EoSEvaluator:
     """The EoS map and the action for fixed data and hyper-parameters.
 
     ``X`` ``(N, d)`` and ``y`` ``(N,)`` are moved to ``device`` in float64; ``params`` gives sigw2, siga2
-    and sig2 (its solver fields are not used here). :meth:`state` does the
+    and sig2. :meth:`state` does the
     O(N^3) work; :meth:`sigma_new`, :meth:`residual`, :meth:`rel_residual`, :meth:`action` and
     :meth:`action_gradient` turn a state into numbers for any chi for O(d^3). ``evaluations``
     counts calls of :meth:`state`.

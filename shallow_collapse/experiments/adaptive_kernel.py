@@ -14,7 +14,7 @@ from .. import metrics
 from . import Method, Row, data_bytes, error_rows
 from ..config import ConfigError, show
 from ..eos import EoSResult, nc1_error_bound, solve_eos
-from ..params import EoSParams, NetworkParams
+from ..params import EoSParams, NetworkParams, SolverOptions
 from . import limiting_kernels as limiting_kernels_experiment
 from . import single_run_data
 
@@ -23,9 +23,10 @@ __all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe", "check
 
 def solve(cfg: dict, ds, **options) -> EoSResult:
     """:func:`~shallow_collapse.eos.solve_eos` on the draw ``ds`` with the config's EoS keys
-    (:class:`~shallow_collapse.params.EoSParams`), activation and device; ``options`` are passed on."""
-    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=NetworkParams.from_config(cfg).act,
-                     device=cfg["device"], **options)
+    (:class:`~shallow_collapse.params.EoSParams`, :class:`~shallow_collapse.params.SolverOptions`),
+    activation and device; ``options`` are solve_eos's keywords (``anneal``, ``on_accept``, ``log``)."""
+    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), SolverOptions.from_config(cfg),
+                     activation=NetworkParams.from_config(cfg).act, device=cfg["device"], **options)
 
 
 def _solver_columns(result: EoSResult) -> dict:

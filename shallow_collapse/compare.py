@@ -272,7 +272,8 @@ def compare(folders, out_root="out", plot_formats=("png",)) -> Path:
     write_table(path / "paired_summary.csv", paired_summary(diffs), PAIR_SUMMARY_COLUMNS)
     atomic_write_json(path / "compare.json", {**report, "pairs": labelled_pairs(report["methods"]), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     with figure_formats(plot_formats):
-        plot_comparison(summary, path / "plots", grid_kind(rows), {name: row.label for name, row in ROWS.items()})
+        labels = {name: row.label for name, row in ROWS.items()}  # in the registry's order
+        plot_comparison(summary, path / "plots", grid_kind(rows), labels)
     write_report(path)
     update_index(out_root)
     return path

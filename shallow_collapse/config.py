@@ -28,8 +28,8 @@ from .data import DATA_CLASSES, SOURCES as DATA_SOURCES
 from . import activations
 from .params import EOS_STRATEGIES, EoSParams, NetworkParams, PosteriorParams, ProbeParams, SGDParams, SolverOptions
 
-__all__ = ["ConfigError", "Key", "SCHEMA", "keys_of", "used_keys", "load_config", "resolve", "parse_override", "format_override", "show", "EOS_STRATEGIES",
-           "PLOT_FORMATS"]
+__all__ = ["ConfigError", "Key", "SCHEMA", "keys_of", "used_keys", "load_config", "resolve", "parse_override",
+           "format_override", "show", "EOS_STRATEGIES", "PLOT_FORMATS"]
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
 RETIRED = {

@@ -34,6 +34,11 @@ class _Group:
                   if f.metadata.get("config", True)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
+    def to_config(self) -> dict:
+        """The group's fields as config keys: what :meth:`from_config` reads back to this group."""
+        return {self.CONFIG_KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)
+                if f.metadata.get("config", True)}
+
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkParams(_Group):

@@ -30,10 +30,10 @@ def chain_seeds(seed: int, class_sizes, d: int, repeat: int, chains: int) -> lis
 
 
 def prior_network_config(cfg: dict) -> dict:
-    """``cfg`` with the network keys of the EoS prior in the convention of MATH section 2:
-    sw^2 = sigw2, so^2 = siga2, no bias, one hidden layer (its NNGP is the AK's starting kernel)."""
-    return {**cfg, "L": 2, "hidden_weight_std": math.sqrt(cfg["sigw2"]),
-            "final_weight_std": math.sqrt(cfg["siga2"]), "bias_std": 0.0}
+    """``cfg`` with the network keys of the EoS prior (:meth:`EoSParams.network`: sw^2 = sigw2,
+    so^2 = siga2, no bias, one hidden layer; its NNGP is the AK's starting kernel)."""
+    prior = EoSParams.from_config(cfg).network(cfg["activation"], cfg["leaky_relu_slope"])
+    return {**cfg, **prior.to_config()}
 
 
 def _row(repeat: int, result) -> dict:
@@ -69,7 +69,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     ``nngp`` (of the EoS prior) per repeat of ``cell``. All chains of all repeats run as one batch
     in float64 on the config's ``device``. A numerical failure is a status (nan, not_converged,
     error), never an exception."""
-    eos, params = EoSParams.from_config(cfg), PosteriorParams.from_config(cfg)
+    prior, params = EoSParams.from_config(cfg), PosteriorParams.from_config(cfg)
     labels = datasets[0].labels  # shared by the draws of a cell (sweeps.cell_datasets)
     device = resolve_device(cfg["device"])
     X = torch.stack([ds.X for ds in datasets]).to(device, torch.float64)
@@ -79,9 +79,8 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     act = NetworkParams.from_config(cfg).act
     sigmas = start_sigmas(cfg, datasets)
     try:
-        results = sample_posterior(X, Y, labels.to(device), act.phi, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
-                                   h=eos.h, params=params, seeds=seeds, homogeneous=act.homogeneous,
-                                   start_sigma=sigmas)
+        results = sample_posterior(X, Y, labels.to(device), act.phi, prior, params, seeds=seeds,
+                                   homogeneous=act.homogeneous, start_sigma=sigmas)
         rows = [_row(r, res) for r, res in zip(cell.repeats, results)]
         if sigmas is None:
             for row in rows:

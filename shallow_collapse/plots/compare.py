@@ -46,7 +46,8 @@ def plot_comparison(summary: list[dict], plots_dir: Path, grid: str, labels: dic
         for ax, sizes in zip(axes[0], groups):
             rows = [r for r in summary if r["class_sizes"] == sizes]
             for method in methods:
-                draw_band(ax, [r for r in rows if r["method"] == method], mean_key, std_key, method_label(method, labels))
+                draw_band(ax, [r for r in rows if r["method"] == method], mean_key, std_key,
+                          method_label(method, labels))
             d_axis(ax, [r["in_features"] for r in rows])
             ax.set_title(group_label(rows[0], grid))
         axes[0, 0].set_ylabel(ylabel)

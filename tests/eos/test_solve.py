@@ -71,7 +71,8 @@ def test_converged_solution_satisfies_the_eos(strategy, activation):
     # ReLU with the paper's sig2 = 1e-6 loses the annealed fixed-point branch near chi ~ 5000;
     # the fixed-point strategies are checked with sig2 = 1e-3 there (minimize handles 1e-6 below).
     params = paper(sig2=1e-6 if activation == "erf" else 1e-3)
-    result = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE), SolverOptions(strategy=strategy, rtol=rtol),
+    result = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE),
+                           SolverOptions(strategy=strategy, rtol=rtol),
                            activation=activation)
     assert result.converged and result.status == "ok" and result.factor == 500
     # Re-evaluate from scratch with a fresh evaluator: the same float64 arithmetic on one thread
@@ -124,7 +125,8 @@ def test_two_local_minima_the_least_action_wins():
     ds, params = two_well_problem()
     factors = [1e4, 1e3, 1e2, 30.0]
     # newton-krylov's annealed branch ends in the shallower well; minimize finds the deeper one.
-    alone = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors), SolverOptions(strategy="newton-krylov"))
+    alone = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors),
+                          SolverOptions(strategy="newton-krylov"))
     assert alone.status == "ok" and float(alone.Sigma) < 1.0
     both = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors),
                          SolverOptions(strategy="newton-krylov", candidates=("minimize",)))
@@ -241,7 +243,8 @@ def test_solves_are_reproducible():
 @pytest.mark.parametrize("strategy", eos.STRATEGIES)
 def test_cuda_matches_cpu(strategy):
     ds = paper_data(128, 4)
-    cpu, gpu = (eos.solve_eos(ds.X, ds.y, paper(annealing_factors=SCHEDULE), SolverOptions(strategy=strategy), device=dev)
+    cpu, gpu = (eos.solve_eos(ds.X, ds.y, paper(annealing_factors=SCHEDULE), SolverOptions(strategy=strategy),
+                                device=dev)
                 for dev in ("cpu", "cuda"))
     assert gpu.status == "ok" and cpu.status == "ok"
     # Both within rtol = 1e-8 of the same fixed point (conditioning ~1 at d = 4).

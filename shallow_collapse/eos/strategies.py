@@ -311,7 +311,7 @@ def _newton_polish(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol: float
     in coordinates whitened by ``start``: ``Sigma = L0 (I + sum_k z_k B_k) L0^T``, ``L0`` the
     Cholesky factor of ``start.Sigma``, ``B_k`` an orthonormal basis of the symmetric d x d
     matrices (so the KL term's curvature is chi/2 along every coordinate at ``z = 0``). A step is
-    taken only where the gradient norm falls by ``NEWTON_ACCEPT`` (:func:`_newton`); the polish
+    taken only where the gradient norm falls by ``NEWTON_ACCEPT`` (:func:`newton_steps`); the polish
     stops at ``rel_residual <= rtol``. Only for d (d + 1) / 2 <= ``NEWTON_MAX_UNKNOWNS`` (each
     Hessian costs that many evaluations). Returns ``(state, iterations)``: the last accepted point
     (``start`` when none was)."""

@@ -6,15 +6,10 @@ from __future__ import annotations
 
 from .experiments import Method, Row, adaptive_kernel, fcn, limiting_kernels, posterior
 
-__all__ = ["METHODS", "ROWS", "method", "label"]
+__all__ = ["METHODS", "ROWS", "label"]
 
 METHODS: tuple[Method, ...] = (limiting_kernels.METHOD, fcn.METHOD, adaptive_kernel.METHOD, posterior.METHOD)
 ROWS: dict[str, Row] = {row.name: row for m in METHODS for row in m.owns}  # every kind of row, by name
-
-
-def method(prefix: str) -> Method:
-    """The method of job prefix ``prefix`` (``adaptive_kernels``)."""
-    return next(m for m in METHODS if m.prefix == prefix)
 
 
 def label(row: str) -> str:

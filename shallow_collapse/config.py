@@ -33,22 +33,9 @@ __all__ = ["ConfigError", "Key", "SCHEMA", "keys_of", "used_keys", "load_config"
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
 RETIRED = {
-    "langevin_ess_min": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_rhat_max": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_chains": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_thin": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_samples": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_burn_in": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_levels": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_step": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
+    **{f"langevin_{key}": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                          "(docs/CONFIG.md)"
+       for key in ("ess_min", "rhat_max", "chains", "thin", "samples", "burn_in", "levels", "step")},
     "optimizer": "retired: the posterior network is its own job, posterior_bulk_balanced or "
                  "posterior_bulk_imbalanced (configs/posterior_bulk_balanced.yml); the FCN sweeps train with SGD",
     **{f"posterior_{key}": f"retired with the gradient samplers (pCN-Langevin, MALA): the posterior network is "

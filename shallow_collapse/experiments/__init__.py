@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..data import Dataset, draw
 
-__all__ = ["Row", "Method", "no_check", "single_run_data", "error_rows"]
+__all__ = ["Row", "Method", "no_check", "data_bytes", "single_run_data", "error_rows"]
 
 
 def no_check(cfg: dict) -> None:

@@ -98,7 +98,8 @@ def test_a_tiny_study_writes_its_tables_figure_page_and_index_entry(write_config
     path = write_config(N_list=[16], in_features_list=[2], repeat=1, activation_list=["erf"], h=8,
                         hidden_features=8, annealing_factors=[100.0], sig2=0.05, num_epochs=20,
                         posterior_chains=2, posterior_burn_in=100, posterior_samples=200,
-                        posterior_rhat_max=100.0, posterior_ess_min=0)  # short chains: let them pass as ok
+                        posterior_rhat_max=100.0, posterior_ess_min=0,
+                        posterior_se_max=1.0)  # short chains: let them pass as ok
     folder = run_study(path, out_root=out_root)
     (row,) = read_table(folder / "table.csv")
     assert row["posterior_status"] == "ok" and row["ak_status"] in ("ok", "noise_limited")

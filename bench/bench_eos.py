@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shallow_collapse import data, metrics  # noqa: E402
 from shallow_collapse.eos import solve_eos  # noqa: E402
-from shallow_collapse.params import EoSParams  # noqa: E402
+from shallow_collapse.params import EoSParams, SolverOptions  # noqa: E402
 
 PARAMS = dict(sigw2=1.0, siga2=1.0 / 128, sig2=1e-6, h=500.0)
 FACTORS = [1e5, 1e4, 2e3, 1e3]  # configs/adaptive_kernels*.yml (h = 500 appended)
@@ -102,14 +102,14 @@ def main(argv=None):
           f"{'dNC1 and':>8} | {'and/def':>7} {'ref/def':>7}", flush=True)
     for N, d in sizes:
         ds = data.gaussian_data((N // 2, N // 2), d, (-2.0, 2.0), (0.5, 0.5), args.seed, 0)
-        params = EoSParams(**PARAMS, rtol=args.rtol, inner_maxiter=args.inner_maxiter)
+        params, options = EoSParams(**PARAMS), SolverOptions(rtol=args.rtol, inner_maxiter=args.inner_maxiter)
         common = dict(device="cpu", threads=args.threads)
         t0 = time.perf_counter()
-        default = solve_eos(ds.X, ds.y, params, **common)
+        default = solve_eos(ds.X, ds.y, params, options, **common)
         t_default = time.perf_counter() - t0
         t0 = time.perf_counter()
-        anderson = solve_eos(ds.X, ds.y, replace(params, strategy="anderson", annealing_factors=FACTORS,
-                                                 maxiter=args.maxiter), **common)
+        anderson = solve_eos(ds.X, ds.y, replace(params, annealing_factors=FACTORS),
+                             replace(options, strategy="anderson", maxiter=args.maxiter), **common)
         t_anderson = time.perf_counter() - t0
         t0 = time.perf_counter()
         S_ref, Q_ref, ev_ref, failures, res_ref = reference_solve(

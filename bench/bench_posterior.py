@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shallow_collapse.activations import get  # noqa: E402
 from shallow_collapse.data import gaussian_data  # noqa: E402
 from shallow_collapse.experiments.posterior import chain_seeds  # noqa: E402
-from shallow_collapse.params import PosteriorParams  # noqa: E402
+from shallow_collapse.params import EoSParams, PosteriorParams  # noqa: E402
 from shallow_collapse.posterior import sample_posterior  # noqa: E402
 
 H, SIGA2, SIG2, CHAINS = 500, 1 / 128, 1e-6, 4
@@ -69,8 +69,9 @@ def run(act: str, N: int, d: int, burn_in: int, samples: int, compiled: bool = T
     ds = gaussian_data((N // 2, N // 2), d, [-2.0, 2.0], [0.5, 0.5], 0, 0)
     phi = get(act) if compiled else get(act).phi  # a bare callable takes the batched torch loop
     params = PosteriorParams(burn_in=burn_in, samples=samples, chains=CHAINS)
-    (r,) = sample_posterior(ds.X[None], ds.y[None, :, None], ds.labels, phi, sigw2=1.0, siga2=SIGA2, sig2=SIG2,
-                            h=H, params=params, seeds=chain_seeds(0, (N // 2, N // 2), d, 0, CHAINS),
+    (r,) = sample_posterior(ds.X[None], ds.y[None, :, None], ds.labels, phi,
+                            EoSParams(sigw2=1.0, siga2=SIGA2, sig2=SIG2, h=H), params,
+                            seeds=chain_seeds(0, (N // 2, N // 2), d, 0, CHAINS),
                             homogeneous=act == "relu")
     return r
 

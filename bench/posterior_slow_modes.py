@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shallow_collapse.activations import get  # noqa: E402
 from shallow_collapse.data import gaussian_data  # noqa: E402
 from shallow_collapse.experiments.posterior import chain_seeds  # noqa: E402
-from shallow_collapse.params import PosteriorParams  # noqa: E402
+from shallow_collapse.params import EoSParams, PosteriorParams  # noqa: E402
 from shallow_collapse.posterior import diagnostics, sample_posterior  # noqa: E402
 
 
@@ -33,9 +33,10 @@ def main() -> None:
         ds = gaussian_data((N // 2, N // 2), d, [-2.0, 2.0], [0.5, 0.5], 0, 0)
         for scale in (True, False):
             start = time.perf_counter()
-            (r,) = sample_posterior(ds.X[None], ds.y[None, :, None], ds.labels, get("relu"), sigw2=1.0,
-                                    siga2=1 / 128, sig2=1e-6, h=h, seeds=chain_seeds(0, (N // 2, N // 2), d, 0, chains),
-                                    params=PosteriorParams(burn_in=30, samples=150, chains=chains), homogeneous=scale)
+            (r,) = sample_posterior(ds.X[None], ds.y[None, :, None], ds.labels, get("relu"),
+                                    EoSParams(sigw2=1.0, siga2=1 / 128, sig2=1e-6, h=h),
+                                    PosteriorParams(burn_in=30, samples=150, chains=chains),
+                                    seeds=chain_seeds(0, (N // 2, N // 2), d, 0, chains), homogeneous=scale)
             sec = time.perf_counter() - start
             for name, x in r.traces.items():
                 print(f"{d:>3} {str(scale):>10} {name:>12} {diagnostics.rhat(x):>6.3f} {diagnostics.ess_bulk(x):>8.0f} "

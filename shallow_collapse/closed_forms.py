@@ -22,7 +22,7 @@ import math
 
 import torch
 
-__all__ = ["ClosedForm", "ErfMap", "ReluFamilyMap", "TrigMap", "GeluMap", "SNAP", "diagonals"]
+__all__ = ["ClosedForm", "ErfMap", "ReluFamilyMap", "is_relu", "TrigMap", "GeluMap", "SNAP", "diagonals"]
 
 # Within a few ulps of +-1 the cosine of two collinear points is round-off, and theta ~ sqrt(2 eps)
 # ~ 1e-8 would enter the ReLU maps: cosines beyond SNAP are snapped to +-1.
@@ -105,6 +105,13 @@ class ReluFamilyMap(ClosedForm):
             ratio = torch.where(a > 0, (b / torch.where(a > 0, a, 1.0)).sqrt(), 0.0)
             P = ((1.0 - al) ** 2 / (2.0 * math.pi)) * ratio * sin
         return F, Kd, P
+
+
+
+def is_relu(kernel_map) -> bool:
+    """``kernel_map`` is ReLU's (the ReLU family at alpha = 0, however the activation is named: leaky_relu
+    with slope 0 is ReLU): the fused passes, the rank-two path at d = 1 and the trainer's forms key on it."""
+    return isinstance(kernel_map, ReluFamilyMap) and kernel_map.alpha == 0.0
 
 
 class TrigMap(ClosedForm):

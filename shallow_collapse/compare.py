@@ -30,9 +30,9 @@ import numpy as np
 import yaml
 
 from .cli import finish
-from .config import PLOT_FORMATS, SCHEMA
-from .data import identity as data_identity
+from .config import PLOT_FORMATS, SCHEMA, keys_of, used_keys
 from .index import update_index
+from .methods import ROWS
 from .plots import figure_formats
 from .plots.compare import plot_comparison
 from .report import write_report
@@ -41,15 +41,9 @@ from .sweeps import RESULT_COLUMNS, SUMMARY_COLUMNS, read_table, summarise, writ
 
 __all__ = ["CompareError", "load_sweep", "merge", "paired_differences", "paired_summary", "grid_kind", "main"]
 
-DATA_KEYS = ("seed", "training_data_cls", "num_classes", "class_means", "class_stds", "data_path", "data_classes",
-             "data_scale", "data_sha256", "tau")
 # Keys of a run hash that are not a method's setting: the data (checked equal) and the grid
 # (checked through the rows), and the job itself.
-NOT_SETTING = ("job", *DATA_KEYS, "N_list", "class_sizes_list", "in_features_list", "repeat")
-# Config scopes a method's numbers do not depend on (the NNGP of an FCN sweep is the NNGP of the
-# kernel sweep whatever the learning rate); every other key of a sweep's setting counts for it.
-METHOD_IGNORES = {"nngp": ("fcn", "posterior"), "ntk": ("fcn", "posterior"), "fcn": ("ak", "posterior"),
-                  "ak": ("fcn", "posterior"), "posterior": ("fcn",)}
+NOT_SETTING = ("job", *keys_of("data", "grid", "grid_balanced", "grid_imbalanced"))
 PAIR_COLUMNS = ["pair", "N", "class_sizes", "in_features", "repeat", "diff_log10_nc1", "diff_log10_rel_nc1"]
 PAIR_SUMMARY_COLUMNS = ["pair", "N", "class_sizes", "in_features", "n", "mean_diff_log10_nc1",
                         "stderr_diff_log10_nc1", "mean_diff_log10_rel_nc1", "stderr_diff_log10_rel_nc1"]
@@ -121,9 +115,18 @@ def _text(value) -> str:
 
 
 def method_setting(method: str, setting: dict) -> dict:
-    """The part of a sweep's setting that the numbers of ``method`` depend on."""
-    ignored = METHOD_IGNORES.get(method, ())
-    return {k: v for k, v in setting.items() if k not in SCHEMA or SCHEMA[k].scope not in ignored}
+    """The part of a sweep's setting that the numbers of the row ``method`` depend on: the keys of
+    its scopes (:attr:`Row.scopes`; every key for a row no method owns). The NNGP of an FCN sweep
+    is the NNGP of the kernel sweep whatever the learning rate."""
+    if method not in ROWS:
+        return dict(setting)
+    return {k: v for k, v in setting.items() if k not in SCHEMA or SCHEMA[k].scope in ROWS[method].scopes}
+
+
+def data_identity(cfg: dict) -> dict:
+    """The keys that say which data (and draws) a run saw: equal identities, equal draws. A file is
+    identified by its content (data_sha256), not where it lies."""
+    return {k: cfg.get(k) for k in used_keys(keys_of("data"), cfg) if k != "data_path"}
 
 
 def _variants(sources: list[dict]) -> list[dict]:
@@ -193,13 +196,10 @@ def merge(folders) -> tuple[list[dict], dict]:
 
 
 def _pairs(methods) -> list[tuple[str, str]]:
-    """The pairs (a, b) of base methods whose difference a - b is reported."""
+    """The pairs (a, b) of base methods whose difference a - b is reported: every method - nngp,
+    then each row's :attr:`Row.versus` (ak - fcn, ak - posterior)."""
     pairs = [(m, "nngp") for m in methods if m != "nngp" and "nngp" in methods]
-    if "ak" in methods and "fcn" in methods:
-        pairs.append(("ak", "fcn"))
-    if "ak" in methods and "posterior" in methods:  # the AK against the posterior network it describes
-        pairs.append(("ak", "posterior"))
-    return pairs
+    return pairs + [(a, b) for a in methods if a in ROWS for b in ROWS[a].versus if b in methods]
 
 
 def labelled_pairs(methods: dict) -> list[tuple[str, str]]:
@@ -272,7 +272,8 @@ def compare(folders, out_root="out", plot_formats=("png",)) -> Path:
     write_table(path / "paired_summary.csv", paired_summary(diffs), PAIR_SUMMARY_COLUMNS)
     atomic_write_json(path / "compare.json", {**report, "pairs": labelled_pairs(report["methods"]), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     with figure_formats(plot_formats):
-        plot_comparison(summary, path / "plots", grid_kind(rows))
+        labels = {name: row.label for name, row in ROWS.items()}  # in the registry's order
+        plot_comparison(summary, path / "plots", grid_kind(rows), labels)
     write_report(path)
     update_index(out_root)
     return path

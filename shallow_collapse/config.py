@@ -26,30 +26,16 @@ import yaml
 from . import data as data_sources
 from .data import DATA_CLASSES, SOURCES as DATA_SOURCES
 from . import activations
-from .eos import STRATEGIES as EOS_STRATEGIES
-from .params import EoSParams, PosteriorParams, NetworkParams, ProbeParams, SGDParams
+from .params import EOS_STRATEGIES, EoSParams, NetworkParams, PosteriorParams, ProbeParams, SGDParams, SolverOptions
 
-__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve", "parse_override", "format_override", "show", "EOS_STRATEGIES",
-           "PLOT_FORMATS"]
+__all__ = ["ConfigError", "Key", "SCHEMA", "keys_of", "used_keys", "load_config", "resolve", "parse_override",
+           "format_override", "show", "EOS_STRATEGIES", "PLOT_FORMATS"]
 
 # Keys that no longer exist, with what replaces them: a value other than na stops with this line.
 RETIRED = {
-    "langevin_ess_min": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_rhat_max": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_chains": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_thin": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_samples": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_burn_in": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_levels": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
-    "langevin_step": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
-                   "(docs/CONFIG.md)",
+    **{f"langevin_{key}": "retired with optimizer: langevin; the posterior network's keys are posterior_* "
+                          "(docs/CONFIG.md)"
+       for key in ("ess_min", "rhat_max", "chains", "thin", "samples", "burn_in", "levels", "step")},
     "optimizer": "retired: the posterior network is its own job, posterior_bulk_balanced or "
                  "posterior_bulk_imbalanced (configs/posterior_bulk_balanced.yml); the FCN sweeps train with SGD",
     **{f"posterior_{key}": f"retired with the gradient samplers (pCN-Langevin, MALA): the posterior network is "
@@ -92,11 +78,21 @@ ABOVE_1 = Bound(lambda v: v > 1, "a number above 1", "numbers above 1")
 
 @dataclass(frozen=True)
 class Key:
+    """One config key. ``scope`` says which jobs read it: a job's run hash holds exactly the keys of
+    the scopes it reads (:func:`keys_of`), less those whose ``when`` is false for the config
+    (:func:`used_keys`: a Gaussian run never hashes data_path, an erf run never leaky_relu_slope)."""
+
     default: Any
     type: str  # int, float, bool, str, list[int], list[float], list[list[int]], or "a|b|c" choices
-    scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, fcn, probe, ak, posterior, study, run
+    scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, init, fcn, probe, ak, ak_single,
+    #             posterior, study, run
     help: str  # a default of None means "derived from other keys" or "not set"
     bound: Bound | None = None  # checked on the value (on each entry of a list), None stays allowed
+    when: Callable[[dict], bool] | None = None  # read only when true of the config; None: always
+
+
+def _leaky(cfg: dict) -> bool:
+    return cfg.get("activation") == "leaky_relu"
 
 
 SCHEMA: dict[str, Key] = {
@@ -110,17 +106,20 @@ SCHEMA: dict[str, Key] = {
                              "'Your own data'"),
     "num_classes": Key(2, "int", "data", "number of classes C (must match training_data_cls; file and digits: "
                        "the number of kept classes, data_classes)"),
-    "class_means": Key([-2.0, 2.0], "list[float]", "data", "Gaussian data: per-class mean m_c, broadcast over all d coordinates"),
-    "class_stds": Key([0.5, 0.5], "list[float]", "data", "Gaussian data: per-class standard deviation s_c", bound=NON_NEGATIVE),
+    "class_means": Key([-2.0, 2.0], "list[float]", "data", "Gaussian data: per-class mean m_c, broadcast over all d coordinates",
+                       when=data_sources.is_gaussian),
+    "class_stds": Key([0.5, 0.5], "list[float]", "data", "Gaussian data: per-class standard deviation s_c", bound=NON_NEGATIVE,
+                      when=data_sources.is_gaussian),
     # data of a file or of scikit-learn's digits (data.py): a pool of kept classes, PCA to d, scaled
     "data_path": Key(None, "str", "data", "training_data_cls file: an .npz holding X (n x D, real) and labels "
-                     "(n, integers); relative to the working directory"),
+                     "(n, integers); relative to the working directory", when=data_sources.is_file),
     "data_classes": Key(None, "list[int]", "data", "file, digits: the labels kept, in class order ([3, 8] makes "
-                        "3 class 0); default every label, sorted"),
+                        "3 class 0); default every label, sorted", when=data_sources.is_pool),
     "data_scale": Key(2.0, "float", "data", "file, digits: the pool, projected on its top-d principal components, "
-                      "is scaled so that its mean |x|^2 / d is data_scale^2 (bench/data_scale.py)", bound=POSITIVE),
+                      "is scaled so that its mean |x|^2 / d is data_scale^2 (bench/data_scale.py)", bound=POSITIVE,
+                      when=data_sources.is_pool),
     "data_sha256": Key(None, "str", "data", "derived, file: SHA-256 of data_path's content (enters the run hash, "
-                       "so an edited file starts a new run); leave it out"),
+                       "so an edited file starts a new run); leave it out", when=data_sources.is_file),
     "tau": Key(1e-8, "float", "data", "regulariser of relative NC1: log10(NC1(H) / (NC1(X) + tau))", bound=NON_NEGATIVE),
     # single runs
     "N": Key(1024, "int", "single", "number of samples (single runs)", bound=POSITIVE_INT),
@@ -132,16 +131,17 @@ SCHEMA: dict[str, Key] = {
                             "grid_imbalanced", "class-size tuples of imbalanced sweeps"),
     "in_features_list": Key([1, 2, 8, 32, 128], "list[int]", "grid", "input dimensions d of sweeps", bound=POSITIVE_INT),
     "repeat": Key(10, "int", "grid", "independent draws (data and network) per grid cell", bound=POSITIVE_INT),
-    # network (MATH sections 2 and 5)
-    "L": Key(NetworkParams.L, "int", "network", "number of layers (L=2: one hidden layer; the adaptive kernel needs L=2)", bound=AT_LEAST_2),
+    # network (MATH sections 2 and 5): the activation (every method), the initialisation (init: the
+    # SGD network and its limiting kernels; the EoS have their own prior, sigw2 and siga2)
+    "L": Key(NetworkParams.L, "int", "init", "number of layers (L=2: one hidden layer; the adaptive kernel needs L=2)", bound=AT_LEAST_2),
     "activation": Key(NetworkParams.activation, "str", "network",
                       "activation phi: a name of the registry (erf, relu, leaky_relu, abs, gelu, silu, softplus, "
                       "tanh, sigmoid, sin, cos; see docs/ACTIVATIONS.md)"),
     "leaky_relu_slope": Key(NetworkParams.leaky_relu_slope, "float", "network",
-                            "leaky_relu: phi(x) = x for x > 0, leaky_relu_slope * x below"),
-    "bias_std": Key(NetworkParams.bias_std, "float", "network", "sb: bias standard deviation", bound=NON_NEGATIVE),
-    "hidden_weight_std": Key(NetworkParams.hidden_weight_std, "float", "network", "sw: hidden weights ~ N(0, sw^2/fan_in)", bound=NON_NEGATIVE),
-    "final_weight_std": Key(NetworkParams.final_weight_std, "float", "network", "so: output weights ~ N(0, so^2/h)", bound=NON_NEGATIVE),
+                            "leaky_relu: phi(x) = x for x > 0, leaky_relu_slope * x below", when=_leaky),
+    "bias_std": Key(NetworkParams.bias_std, "float", "init", "sb: bias standard deviation", bound=NON_NEGATIVE),
+    "hidden_weight_std": Key(NetworkParams.hidden_weight_std, "float", "init", "sw: hidden weights ~ N(0, sw^2/fan_in)", bound=NON_NEGATIVE),
+    "final_weight_std": Key(NetworkParams.final_weight_std, "float", "init", "so: output weights ~ N(0, so^2/h)", bound=NON_NEGATIVE),
     # training (FCN)
     "hidden_features": Key(500, "int", "fcn", "hidden width h of the trained network", bound=POSITIVE_INT),
     "out_features": Key(1, "int", "fcn", "outputs: 1 (scalar targets 2c-(C-1)) or C (one-hot targets)", bound=POSITIVE_INT),
@@ -178,19 +178,19 @@ SCHEMA: dict[str, Key] = {
     "sigw2": Key(EoSParams.sigw2, "float", "ak", "prior variance of first-layer weights times d", bound=POSITIVE),
     "siga2": Key(EoSParams.siga2, "float", "ak", "readout variance", bound=POSITIVE),
     "sig2": Key(EoSParams.sig2, "float", "ak", "GP noise variance", bound=POSITIVE),
-    "eos_update_strategy": Key(EoSParams.strategy, "|".join(EOS_STRATEGIES), "ak",
+    "eos_update_strategy": Key(SolverOptions.strategy, "|".join(EOS_STRATEGIES), "ak",
                                "EoS solver: minimize (least action, L-BFGS; default), anderson or "
                                "newton-krylov (fixed-point iteration over the annealing schedule)"),
-    "eos_candidates": Key(list(EoSParams.candidates), "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
+    "eos_candidates": Key(list(SolverOptions.candidates), "list[" + "|".join(EOS_STRATEGIES) + "]", "ak",
                           "further EoS strategies whose solutions compete; the least action is kept"),
-    "rtol": Key(EoSParams.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol", bound=FRACTION),
-    "maxiter": Key(EoSParams.maxiter, "int", "ak",
+    "rtol": Key(SolverOptions.rtol, "float", "ak", "EoS convergence: max|Sigma - Sigma_new| / max|Sigma| <= rtol", bound=FRACTION),
+    "maxiter": Key(SolverOptions.maxiter, "int", "ak",
                    "EoS iterations per step (minimize: L-BFGS iterations; newton-krylov: Newton steps)", bound=POSITIVE_INT),
-    "inner_maxiter": Key(EoSParams.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step", bound=POSITIVE_INT),
-    "max_subdivisions": Key(EoSParams.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
+    "inner_maxiter": Key(SolverOptions.inner_maxiter, "int", "ak", "newton-krylov: Krylov iterations per Newton step", bound=POSITIVE_INT),
+    "max_subdivisions": Key(SolverOptions.max_subdivisions, "int", "ak", "EoS: nested geometric factors inserted into a failed step before giving up", bound=NON_NEGATIVE_INT),
     "annealing_factors": Key(list(EoSParams.annealing_factors), "list[float]", "ak",
                              "chi values of the continuation, strictly decreasing and >= h (h is appended if missing)", bound=POSITIVE),
-    "lightweight": Key(False, "bool", "ak", "single AK runs only (sweeps never read it): solve at chi = h directly, without the annealing "
+    "lightweight": Key(False, "bool", "ak_single", "single AK runs only (sweeps never read it): solve at chi = h directly, without the annealing "
                       "schedule, its per-step metrics and the plots"),
     # the matched study (shallow_collapse.matched_study): per activation, the posterior, AK and SGD FCN sweeps
     "activation_list": Key(["erf", "relu"], "list[str]", "study",
@@ -204,6 +204,18 @@ SCHEMA: dict[str, Key] = {
     "executor": Key("local", "local|dask", "run", "local worker processes, or a Dask cluster (needs scheduler_address)"),
     "scheduler_address": Key(None, "str", "run", "Dask scheduler, e.g. tcp://127.0.0.1:8786; default $DASK_SCHEDULER_ADDRESS"),
 }
+
+
+
+def keys_of(*scopes: str) -> tuple:
+    """The keys of :data:`SCHEMA` in ``scopes``, sorted."""
+    return tuple(sorted(k for k, spec in SCHEMA.items() if spec.scope in scopes))
+
+
+def used_keys(keys, cfg: dict) -> tuple:
+    """``keys`` less those whose ``when`` is false of ``cfg``: what a run with ``cfg`` reads."""
+    return tuple(k for k in keys if SCHEMA[k].when is None or SCHEMA[k].when(cfg))
+
 
 _NA = {"na", "n/a", "none", "null", ""}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

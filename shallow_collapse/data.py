@@ -21,8 +21,8 @@ import torch
 
 __all__ = ["DATA_CLASSES", "SOURCES", "Dataset", "DataError", "Pool", "class_labels", "scalar_targets",
            "one_hot_targets", "gaussian_data", "draw_seed", "draw", "pool", "pool_data", "check_source",
-           "check_cells", "project", "subsample", "principal_components", "source_label", "identity",
-           "unused_keys", "is_gaussian", "file_digest", "check_arrays"]
+           "check_cells", "project", "subsample", "principal_components", "source_label",
+           "is_gaussian", "is_pool", "is_file", "file_digest", "check_arrays"]
 
 # Data classes of the established config format and the number of classes each implies.
 DATA_CLASSES = {"GaussiandD2NL": 2, "GaussiandD4NL": 4}
@@ -95,25 +95,18 @@ def _refuse(key: str, expected: str, got) -> DataError:
 
 
 def is_gaussian(cfg: dict) -> bool:
-    return cfg["training_data_cls"] in DATA_CLASSES
+    """The data are Gaussian classes (``class_means``, ``class_stds`` describe them)."""
+    return cfg.get("training_data_cls") in DATA_CLASSES
 
 
-def unused_keys(cfg: dict) -> tuple:
-    """The data keys that do not describe ``cfg``'s data: they never enter its run hash."""
-    if is_gaussian(cfg):
-        return ("data_path", "data_classes", "data_scale", "data_sha256")
-    if cfg["training_data_cls"] == "digits":
-        return ("class_means", "class_stds", "data_path", "data_sha256")
-    return ("class_means", "class_stds")
+def is_pool(cfg: dict) -> bool:
+    """The data are a pool of points, a file or the digits (``data_classes``, ``data_scale`` describe it)."""
+    return not is_gaussian(cfg)
 
 
-def identity(cfg: dict) -> dict:
-    """The keys that say which data (and draws) a run saw: equal identities, equal draws."""
-    keys = ("seed", "training_data_cls", "num_classes", "class_means", "class_stds", "data_path", "data_classes",
-            "data_scale", "data_sha256", "tau")
-    used = [k for k in keys if k not in unused_keys({"training_data_cls": cfg.get("training_data_cls")})
-            and k != "data_path"]  # a file is identified by its content, not where it lies
-    return {k: cfg.get(k) for k in used}
+def is_file(cfg: dict) -> bool:
+    """The data are an .npz file (``data_path``, ``data_sha256`` describe it)."""
+    return is_pool(cfg) and cfg.get("training_data_cls") != "digits"
 
 
 def source_label(cfg: dict) -> str:

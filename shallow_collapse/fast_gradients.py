@@ -1,6 +1,6 @@
 """The trainer's fast path (:func:`shallow_collapse.training.train`): the gradients of a two-layer
 network written by hand (:class:`TwoLayerGradients`), and the in-place forms of phi and phi' they
-use, by activation name (:func:`fast_forms`).
+use, chosen by the activation's kernel map (:func:`fast_forms`).
 
 ``phi_out(z, out)`` writes phi(z) into ``out``; ``dphi_(z, zero)`` turns ``z`` into
 phi'(z) / ``slope`` in place (``zero`` a 0-d tensor of z's dtype and device); the trainer applies
@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from . import activations
+from .closed_forms import ErfMap, is_relu
 from .model import FCNEnsemble
 
 __all__ = ["FastForms", "fast_forms", "TwoLayerGradients"]
@@ -41,17 +42,17 @@ def _relu_dphi_(z, zero):
     return z.gt_(0.0)
 
 
-_BY_NAME = {
-    "erf": FastForms(lambda z, out: torch.erf(z, out=out), _erf_dphi_, activations.ERF_SLOPE),
-    "relu": FastForms(_relu_out, _relu_dphi_),
-}
+ERF_FORMS = FastForms(lambda z, out: torch.erf(z, out=out), _erf_dphi_, activations.ERF_SLOPE)
+RELU_FORMS = FastForms(_relu_out, _relu_dphi_)
 
 
 def fast_forms(act: activations.Activation) -> FastForms:
-    """The in-place forms of ``act``: the written ones of its name when ``act`` is the registered
-    activation of that name, copies of its ``phi`` and ``dphi`` otherwise."""
-    if act.name in _BY_NAME and activations.ACTIVATIONS.get(act.name) is act:
-        return _BY_NAME[act.name]
+    """The in-place forms of ``act``, by its kernel map (which says what phi is): the written ones
+    of erf and of ReLU (leaky_relu with slope 0 included), copies of its ``phi`` and ``dphi`` otherwise."""
+    if isinstance(act.kernel_map, ErfMap):
+        return ERF_FORMS
+    if is_relu(act.kernel_map):
+        return RELU_FORMS
     phi, dphi = act.phi, act.dphi
     return FastForms(lambda z, out: out.copy_(phi(z)), lambda z, zero: z.copy_(dphi(z)))
 

@@ -7,7 +7,7 @@ job, hash, date, status (for a sweep: the result rows not ok), its data source (
 file's name and short hash such as ``feats.npz@1a2b3c4d5e6f[0,1]``, or the Gaussian class such as
 ``GaussiandD2NL``; :func:`data.source_label`), the config keys that differ from
 that job's shipped config (``configs/<job>.yml``, or the schema's defaults where that file is
-absent), so that runs of one job can be told apart, and a link to its ``report.html``.
+absent; the column's title says which, :func:`baseline`), so that runs of one job can be told apart, and a link to its ``report.html``.
 
 Two runs may finish at once: the rebuild (read every folder, write the page) holds an exclusive
 lock on ``OUT/.index.lock``, and the page is written to a temporary name and moved into place, so
@@ -37,6 +37,12 @@ __all__ = ["Entry", "INDEX", "entries", "write_index", "update_index", "main"]
 INDEX = "index.html"
 LOCK = ".index.lock"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the shipped configs of a source checkout
+
+
+def baseline() -> str:
+    """What the index compares a run's keys with, in words: the shipped configs of a source
+    checkout, or, for an installed package (no configs/ beside it), the schema's defaults."""
+    return "differs from the shipped config" if CONFIGS.is_dir() else "differs from the defaults (no configs/ found)"
 
 
 @dataclass
@@ -188,7 +194,7 @@ def _locked(out_root: Path):
 def _page(rows: list[Entry]) -> str:
     cells = [{"job": e.job, "hash": html_link(f"{e.folder}/{REPORT}", e.hash), "date (UTC)": e.date[:19].replace("T", " "),
               "status": e.status, "data": e.data,
-              "differs from the shipped config": _differs_text(e.differs)} for e in rows]
+              baseline(): _differs_text(e.differs)} for e in rows]
     not_ok = {id(cell) for cell, e in zip(cells, rows) if not e.ok}
     table = html_table(cells, bad=lambda cell: id(cell) in not_ok, raw=("hash",))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>runs</title>'
@@ -219,7 +225,7 @@ def update_index(out_root) -> None:
 
 def terminal_table(rows: list[Entry]) -> str:
     """The index as aligned text columns."""
-    table = [("job", "hash", "date", "status", "data", "differs from the shipped config")]
+    table = [("job", "hash", "date", "status", "data", baseline())]
     table += [(e.job, e.hash, e.date, e.status, e.data, _differs_text(e.differs)) for e in rows]
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5] for r in table)

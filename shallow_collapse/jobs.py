@@ -1,6 +1,7 @@
-"""What each entry script runs: its description, the config keys it uses (exactly those enter its
+"""What each entry script runs: its description, the config keys it reads (exactly those enter its
 run hash), the check of keys it cannot honour, the function ``target(cfg, run)`` that does the
-work and the memory it needs."""
+work and the memory it needs. Every sweep method of the registry (:data:`methods.METHODS`) makes
+two jobs, ``<prefix>_bulk_balanced`` and ``<prefix>_bulk_imbalanced``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -8,55 +9,28 @@ from functools import partial
 from typing import Callable
 
 from . import data, memory
-from .config import SCHEMA, ConfigError, show
-from .experiments import adaptive_kernel, fcn, limiting_kernels, posterior
+from .config import ConfigError, keys_of, used_keys
+from .experiments import Method, adaptive_kernel, fcn, no_check
+from .methods import METHODS, label
 from .plots.sweep import plot_sweep
-from .sweeps import grid_groups, run_sweep
+from .sweeps import GRID_KEYS, grid_groups, run_sweep
 
-__all__ = ["Job", "JOBS", "with_evaluate"]
+__all__ = ["Job", "JOBS", "GRID_SCOPES", "with_evaluate"]
 
-
-def _no_check(cfg: dict) -> None:
-    """Every value of the keys a job uses is one it can honour."""
+GRID_SCOPES = {grid: ("data", "grid", f"grid_{grid}") for grid in GRID_KEYS}
 
 
 @dataclass(frozen=True)
 class Job:
     description: str
-    keys: tuple  # the config keys the job uses: exactly these enter its run hash
+    keys: tuple  # the config keys the job reads: exactly these (less used_keys' exceptions) enter its run hash
     target: Callable  # target(cfg, run) -> None
     memory: Callable  # memory(cfg) -> memory.Need | None, checked before any work
-    check: Callable = _no_check  # check(cfg) raises ConfigError for a value the job cannot honour
+    check: Callable = no_check  # check(cfg) raises ConfigError for a value the job cannot honour
 
     def keys_for(self, cfg: dict) -> tuple:
-        """The keys that enter the run hash of ``cfg``: ``keys``, less ``leaky_relu_slope`` unless
-        the activation is leaky_relu (no other activation reads it), less the data keys of the other
-        data sources (:func:`data.unused_keys`: Gaussian runs hash exactly the keys they always did)."""
-        unused = data.unused_keys(cfg)
-        return tuple(k for k in self.keys if (k != "leaky_relu_slope" or cfg["activation"] == "leaky_relu")
-                     and k not in unused)
-
-
-def keys_of(*scopes: str, drop=()) -> tuple:
-    """The keys of ``config.SCHEMA`` in ``scopes``, less ``drop``, sorted."""
-    return tuple(sorted(k for k, spec in SCHEMA.items() if spec.scope in scopes and k not in drop))
-
-
-def check_adaptive_kernel(cfg: dict) -> None:
-    """The EoS describe one hidden layer (L = 2) with their own prior (sigw2, no bias), and their
-    continuation ends at the width h."""
-    if cfg["L"] != 2:
-        raise ConfigError(f"config key 'L': expected 2 for the adaptive kernel (the Equations of State "
-                          f"describe one hidden layer), got {show(cfg['L'])}")
-    if cfg["annealing_factors"][-1] < cfg["h"]:
-        raise ConfigError(f"config key 'annealing_factors': expected factors no smaller than h={cfg['h']} "
-                          f"(the schedule ends at h), got {show(cfg['annealing_factors'])}")
-
-
-# The network keys the adaptive kernel does not use: L is fixed (checked above), the EoS prior is
-# sigw2 and their readout siga2, and they have no bias.
-AK_UNUSED = ("L", "bias_std", "hidden_weight_std", "final_weight_std")
-GRID_SCOPES = {"balanced": ("data", "grid", "grid_balanced"), "imbalanced": ("data", "grid", "grid_imbalanced")}
+        """The keys that enter the run hash of ``cfg``: :func:`config.used_keys` of ``keys``."""
+        return used_keys(self.keys, cfg)
 
 
 def check_data_grid(cfg: dict, grid: str) -> None:
@@ -83,51 +57,27 @@ def _both(first: Callable, second: Callable) -> Callable:
     return check
 
 
-GRID_KEYS = {"balanced": "N_list", "imbalanced": "class_sizes_list"}
+def sweep_job(method: Method, grid: str) -> Job:
+    """The sweep of ``method`` over the ``grid`` cells, with sweep plots."""
+    labels = {row: label(row) for row in method.reports}
+    return Job(f"{method.description} ({grid} classes)", keys_of(*GRID_SCOPES[grid], *method.scopes),
+               partial(run_sweep, evaluate=method.evaluate_cell, grid=grid, methods=method.reports,
+                       plot=partial(plot_sweep, labels=labels)),
+               partial(memory.sweep_need, method=method, grid=grid),
+               _both(method.check, partial(check_data_grid, grid=grid)))
 
 
-def sweep_job(prefix: str, description: str, evaluate: Callable, methods: tuple, grid: str, scopes: tuple,
-              drop=(), check=_no_check) -> Job:
-    """A sweep of ``evaluate`` (reporting ``methods``) over the ``grid`` cells, with sweep plots."""
-    return Job(f"{description} ({grid} classes)", keys_of(*GRID_SCOPES[grid], *scopes, drop=drop),
-               partial(run_sweep, evaluate=evaluate, grid=grid, methods=methods, plot=plot_sweep),
-               partial(memory.sweep_need, method=prefix, grid=grid),
-               _both(check, partial(check_data_grid, grid=grid)))
+def single_job(description: str, method: Method, run: Callable, scopes: tuple, extra=memory.no_extra) -> Job:
+    """A single run of ``method`` (``run(cfg, run)``), reading its scopes and ``scopes``."""
+    return Job(description, keys_of("data", "single", *method.scopes, *scopes), run,
+               partial(memory.single_need, method=method, extra=extra), _both(method.check, check_data_single))
 
 
-FCN_METHODS = ("fcn", "nngp", "ntk")
-# The keys of the posterior network besides its grid and its own (posterior_*): the network the EoS
-# describe (width h, priors sigw2 and siga2, noise sig2, the activation) and the EoS solver's (half
-# the chains start from the AK's Sigma of the same draw); none of SGD's or of the FCN's init.
-POSTERIOR_USES = ("activation", "leaky_relu_slope", "h", "sigw2", "siga2", "sig2")
-
-
-GRID_OF = "over a grid of dataset sizes and input dimensions"
-SWEEPS = {  # script prefix: (description, evaluate_cell, methods it reports, config scopes, keys dropped, check)
-    "limiting_kernels": (f"NC1 of the infinite-width NNGP and NTK {GRID_OF}", limiting_kernels.evaluate_cell,
-                         ("nngp", "ntk"), ("network",), (), _no_check),
-    "fcn": (f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, {GRID_OF}",
-            fcn.evaluate_cell, FCN_METHODS, ("network", "fcn"), (), _no_check),
-    "adaptive_kernels": (f"NC1 of the adaptive kernel (Equations of State), with the NNGP of the same draws, "
-                         f"{GRID_OF}", adaptive_kernel.evaluate_cell, ("ak", "nngp"), ("network", "ak"),
-                         (*AK_UNUSED, "lightweight"), check_adaptive_kernel),
-    "posterior": (f"NC1 of the posterior network the EoS describe (readout integrated out, exact MCMC), with the "
-                  f"NNGP of the same draws, {GRID_OF}", posterior.evaluate_cell, posterior.METHODS,
-                  ("network", "ak", "posterior"),
-                  (*(k for k in keys_of("network") if k not in POSTERIOR_USES), *AK_UNUSED, "lightweight"), _no_check),
-}
-
-JOBS: dict[str, Job] = {  # every sweep, balanced and imbalanced
-    f"{prefix}_bulk_{grid}": sweep_job(prefix, description, evaluate, methods, grid, scopes, drop, check)
-    for prefix, (description, evaluate, methods, scopes, drop, check) in SWEEPS.items() for grid in GRID_SCOPES
-}
-JOBS["fcn"] = Job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
-                  keys_of("data", "single", "network", "fcn", "probe"), fcn.run,
-                  partial(memory.single_need, method="fcn"), check_data_single)
-JOBS["adaptive_kernels"] = Job("Solve the adaptive-kernel Equations of State for one dataset and plot the continuation",
-                               keys_of("data", "single", "network", "ak", drop=AK_UNUSED), adaptive_kernel.run,
-                               partial(memory.single_need, method="adaptive_kernels"),
-                               _both(check_adaptive_kernel, check_data_single))
+JOBS: dict[str, Job] = {f"{m.prefix}_bulk_{grid}": sweep_job(m, grid) for m in METHODS for grid in GRID_SCOPES}
+JOBS["fcn"] = single_job("Train one fully-connected network with SGD and probe NC1 of its features along the way",
+                         fcn.METHOD, fcn.run, ("probe",), fcn.probe_bytes)
+JOBS["adaptive_kernels"] = single_job("Solve the adaptive-kernel Equations of State for one dataset and plot the "
+                                      "continuation", adaptive_kernel.METHOD, adaptive_kernel.run, ("ak_single",))
 
 
 def with_evaluate(job: Job, evaluate: Callable) -> Job:

@@ -31,13 +31,14 @@ from .config import ConfigError, format_override, load_config
 from .executors import check_execution
 from .index import update_index
 from .jobs import JOBS
+from .params import EoSParams, NetworkParams
 from .plots import figure_formats
 from .report import write_report
 from .runs import (OutputError, atomic_write_json, atomic_write_text, config_text, make_folder, run_hash,
                    software_versions)
 from .sweeps import read_table, write_table
 
-__all__ = ["SWEEPS", "USABLE_AK", "plan", "study_table", "cell_table", "run_study", "main", "TABLE_COLUMNS",
+__all__ = ["SWEEPS", "USABLE_AK", "check_shared", "plan", "study_table", "cell_table", "run_study", "main", "TABLE_COLUMNS",
            "CELL_COLUMNS"]
 
 SWEEPS = ("posterior_bulk_balanced", "adaptive_kernels_bulk_balanced", "fcn_bulk_balanced")
@@ -49,6 +50,24 @@ CELL_COLUMNS = ["activation", "N", "in_features", "draws", "draws_compared", "po
                 "nngp", "fcn", "ak_minus_posterior", "se_ak_minus_posterior", "gap_in_se"]
 
 
+def check_shared(cfg: dict) -> None:
+    """The SGD network is the network the AK and the posterior describe: its width is h, and its
+    initialisation is the EoS prior (:meth:`EoSParams.network`) in depth, bias and hidden weights
+    (hidden_weight_std = sqrt(sigw2), to the relative 1e-12 that a decimal YAML value of a square root keeps).
+    The activation is one key of all three. Its readout's initial scale (final_weight_std, the
+    paper's so = 1.97) is not a prior under SGD and may differ from siga2 (docs/POSTERIOR.md)."""
+    if cfg["hidden_features"] != cfg["h"]:
+        raise ConfigError(f"config key 'hidden_features': expected the AK's width h={cfg['h']} (the SGD "
+                          f"network is the one the AK and the posterior describe), got {cfg['hidden_features']}")
+    prior, net = EoSParams.from_config(cfg).network(), NetworkParams.from_config(cfg)
+    for key in ("L", "bias_std", "hidden_weight_std"):
+        mine, theirs = getattr(net, key), getattr(prior, key)
+        if not math.isclose(mine, theirs, rel_tol=1e-12, abs_tol=0.0):
+            raise ConfigError(f"config key '{key}': expected {theirs!r}, the EoS prior's (sigw2={cfg['sigw2']}, one "
+                              f"hidden layer, no bias; the SGD network is the one the AK and the posterior "
+                              f"describe), got {mine!r}")
+
+
 def plan(config, overrides=()) -> tuple[dict, list[dict]]:
     """Validate the study's config and every sweep it runs, before any work.
 
@@ -57,9 +76,7 @@ def plan(config, overrides=()) -> tuple[dict, list[dict]]:
     :class:`ConfigError` when a sweep would refuse its config.
     """
     cfg = load_config(config, overrides, defaults={"name": "matched_study"})
-    if cfg["hidden_features"] != cfg["h"]:
-        raise ConfigError(f"config key 'hidden_features': expected the AK's width h={cfg['h']} (the SGD "
-                          f"network is the one the AK and the posterior describe), got {cfg['hidden_features']}")
+    check_shared(cfg)
     points = []
     for activation in cfg["activation_list"]:
         extra = [*overrides, format_override("activation", activation)]

@@ -34,6 +34,7 @@ from .config import ConfigError, format_override, parse_override, read_yaml, res
 from .executors import check_execution
 from .index import update_index
 from .jobs import GRID_SCOPES, JOBS
+from .methods import METHODS
 from .progress import study_progress
 from .report import write_report
 from .runs import (OutputError, atomic_write_json, atomic_write_text, config_text, make_folder, run_hash,
@@ -42,10 +43,9 @@ from .sweeps import grid_cells, read_table
 
 __all__ = ["PAPER_SWEEPS", "plan", "study_hash", "run_paper", "main"]
 
-# Per grid, the paper's three sweeps (limiting kernels first: seconds; then FCN and AK). The posterior
-# network runs in the matched study (--matched), sized for it.
-PAPER_SWEEPS = {grid: [f"{prefix}_bulk_{grid}" for prefix in ("limiting_kernels", "fcn", "adaptive_kernels")]
-                for grid in GRID_SCOPES}
+# Per grid, the paper's sweeps in the registry's order (limiting kernels first: seconds; then FCN
+# and AK). The posterior network runs in the matched study (--matched), sized for it.
+PAPER_SWEEPS = {grid: [f"{m.prefix}_bulk_{grid}" for m in METHODS if m.paper] for grid in GRID_SCOPES}
 
 
 def plan(config, overrides=(), configs_dir=None) -> tuple[dict, dict, dict]:

@@ -10,10 +10,17 @@ keys, except where :attr:`_Group.CONFIG_KEYS` renames them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
-__all__ = ["NetworkParams", "EoSParams", "SGDParams", "PosteriorParams", "ProbeParams"]
+__all__ = ["NetworkParams", "EoSParams", "SolverOptions", "EOS_STRATEGIES", "SGDParams", "PosteriorParams",
+           "ProbeParams"]
+
+# The EoS solver's strategies (shallow_collapse.eos.strategies.STRATEGIES has one entry each); named
+# here so that a config is read without importing the solver.
+EOS_STRATEGIES = ("minimize", "anderson", "newton-krylov")
+NOT_A_KEY = {"config": False}  # metadata of a field that no config key sets
 
 
 class _Group:
@@ -21,9 +28,16 @@ class _Group:
 
     @classmethod
     def from_config(cls, cfg: dict):
-        """The group's fields read from a resolved config (see :func:`shallow_collapse.config.resolve`)."""
-        values = {f.name: cfg[cls.CONFIG_KEYS.get(f.name, f.name)] for f in fields(cls)}
+        """The group's fields read from a resolved config (see :func:`shallow_collapse.config.resolve`);
+        a field that no key sets keeps its default."""
+        values = {f.name: cfg[cls.CONFIG_KEYS.get(f.name, f.name)] for f in fields(cls)
+                  if f.metadata.get("config", True)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def to_config(self) -> dict:
+        """The group's fields as config keys: what :meth:`from_config` reads back to this group."""
+        return {self.CONFIG_KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)
+                if f.metadata.get("config", True)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,28 +64,50 @@ class NetworkParams(_Group):
 
 @dataclass(frozen=True, kw_only=True)
 class EoSParams(_Group):
-    """The adaptive kernel's Equations of State (MATH.md sections 6 and 7) and their solver.
+    """The network the Equations of State describe (MATH.md sections 6 and 7): the prior and noise
+    of the posterior network, and the continuation that reaches it.
 
     ``sigw2``: prior variance of W_1 times d; ``siga2``: readout variance; ``sig2``: GP noise;
     ``h``: width (chi at the solution); ``annealing_factors``: chi values of the continuation,
-    large to small; ``strategy``/``candidates``: see :func:`~shallow_collapse.eos.solve_eos`;
-    ``rtol``: converged when max|Sigma - Sigma_new| / max|Sigma| <= rtol; ``maxiter``,
-    ``inner_maxiter``, ``max_subdivisions``: solver budgets.
+    large to small. How they are solved is :class:`SolverOptions`.
     """
-
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {"strategy": "eos_update_strategy", "candidates": "eos_candidates"}
 
     sigw2: float = 1.0
     siga2: float = 1.0 / 128
     sig2: float = 1e-6
     h: int = 500
     annealing_factors: tuple[float, ...] = (1e5, 1e4, 2000.0, 1000.0, 500.0)
+
+    def network(self, activation: str = "erf", leaky_relu_slope: float = 0.01) -> "NetworkParams":
+        """The prior network in the convention of MATH section 2 (its NNGP is the AK's starting
+        kernel): one hidden layer, sw^2 = sigw2, so^2 = siga2, no bias."""
+        return NetworkParams(L=2, activation=activation, leaky_relu_slope=leaky_relu_slope,
+                             hidden_weight_std=math.sqrt(self.sigw2),
+                             final_weight_std=math.sqrt(self.siga2), bias_std=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverOptions(_Group):
+    """How the EoS are solved (:func:`~shallow_collapse.eos.solve_eos`, docs/SOLVER.md):
+    ``strategy`` (one of :data:`EOS_STRATEGIES`) and the further ``candidates`` whose solutions
+    compete, ``rtol`` (converged when max|Sigma - Sigma_new| / max|Sigma| <= rtol), ``maxiter``
+    (per step: L-BFGS iterations per round, Anderson iterations, Newton steps), ``inner_maxiter``
+    (Krylov iterations per Newton step), ``max_subdivisions`` (nested subdivisions of a failed
+    continuation step), and the ``anderson`` strategy's memory, mixing ``beta``, relative
+    Tikhonov regularisation and stall window (0 disables it), which no config key sets."""
+
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {"strategy": "eos_update_strategy", "candidates": "eos_candidates"}
+
     strategy: str = "minimize"
     candidates: tuple[str, ...] = ()
     rtol: float = 1e-8
     maxiter: int = 500
     inner_maxiter: int = 100
     max_subdivisions: int = 4
+    anderson_memory: int = field(default=3, metadata=NOT_A_KEY)
+    anderson_beta: float = field(default=1.0, metadata=NOT_A_KEY)
+    anderson_regularization: float = field(default=1e-10, metadata=NOT_A_KEY)
+    anderson_stall: int = field(default=8, metadata=NOT_A_KEY)
 
 
 @dataclass(frozen=True, kw_only=True)

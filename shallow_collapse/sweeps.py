@@ -31,7 +31,7 @@ from .executors import cell_executor, completed
 from .progress import cell_progress
 from .runs import Run, atomic_write_json, atomic_write_text, make_folder
 
-__all__ = ["Cell", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep", "log_cell",
+__all__ = ["Cell", "GRID_KEYS", "grid_groups", "grid_cells", "cell_datasets", "compute_cell", "failed_cell", "run_sweep", "log_cell",
            "read_table", "summarise", "RESULT_COLUMNS", "SUMMARY_COLUMNS"]
 
 RESULT_COLUMNS = ["method", "N", "class_sizes", "in_features", "repeat", "seed", "nc1", "log10_nc1",
@@ -56,6 +56,9 @@ class Cell:
     def key(self) -> str:
         """File-name key, e.g. ``n512-512_d8``."""
         return f"n{'-'.join(map(str, self.class_sizes))}_d{self.in_features}"
+
+
+GRID_KEYS = {"balanced": "N_list", "imbalanced": "class_sizes_list"}  # the key of each grid's groups
 
 
 def grid_groups(cfg: dict, grid: str) -> list[tuple]:

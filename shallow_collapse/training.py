@@ -267,30 +267,28 @@ def _prepare_data(model, X, targets, labels, num_classes) -> _Data:
 
 
 class _Recorder:
-    """Per-network status (``alive``, ``status``, ``diverged_epoch``) and the probe records of one
-    training run; :meth:`result` assembles the :class:`TrainResult`."""
+    """Per-network liveness (``alive``, and ``diverged_epoch``: when each network stopped, None
+    while it trains) and the probe series of one training run; :meth:`result` assembles the
+    :class:`TrainResult`."""
 
     def __init__(self, model, data: _Data, probes: ProbeParams, log):
         R = model.num_networks
         self.model, self.data, self.probes, self.log = model, data, probes, log
         self.alive = torch.ones(R, dtype=torch.bool, device=model.weights[0].device)
-        self.status = ["ok"] * R
         self.diverged_epoch: list[int | None] = [None] * R
-        record: dict = {"epochs": [], "loss": [], "accuracy": []}
-        if probes.probe_features:
-            record["nc1"], record["nc1_pinv"] = {}, {}
-        if probes.probe_weights:
-            record["spectra"] = {}
-            record["gram_init"] = gram_matrices(model)
+        self.epochs, self.loss, self.accuracy = [], [], []
+        wanted = {"nc1": probes.probe_features, "nc1_pinv": probes.probe_features, "spectra": probes.probe_weights}
+        self.series: dict[str, dict] = {key: {} for key, on in wanted.items() if on}  # key -> {name: [probe]}
+        self.gram_init = gram_matrices(model) if probes.probe_weights else None
+        self.initial_output = None
         lab = data.labels.to(self.alive.device)
-        record["data_nc1"] = metrics.nc1_features(data.X64, lab).cpu().numpy()
-        record["data_nc1_pinv"] = metrics.nc1_features_pinv(data.X64, lab).cpu().numpy()
-        self.record = record
+        self.data_nc1 = metrics.nc1_features(data.X64, lab).cpu().numpy()
+        self.data_nc1_pinv = metrics.nc1_features_pinv(data.X64, lab).cpu().numpy()
 
     def mark_diverged(self, newly, epoch):
         for r in newly:
-            if self.status[r] == "ok":
-                self.status[r], self.diverged_epoch[r] = "diverged", epoch
+            if self.diverged_epoch[r] is None:
+                self.diverged_epoch[r] = epoch
                 self.log.warning("network %d (seed %d) diverged at epoch %d: loss is not finite",
                                  r, self.model.seeds[r], epoch)
 
@@ -302,49 +300,40 @@ class _Recorder:
 
     def probe(self, epoch) -> dict:
         """Probe every network (see :func:`probe`), record it and return the probe."""
-        d, record = self.data, self.record
-        ok = np.array([s == "ok" for s in self.status])
+        d = self.data
+        ok = np.array([e is None for e in self.diverged_epoch])
         res = probe(self.model, d.X64, d.T64, d.labels, d.C, ok, self.probes.probe_features,
                     self.probes.probe_weights)
         newly = [r for r in range(len(ok)) if ok[r] and not res["finite"][r]]
         self.mark_diverged(newly, epoch)
         for r in newly:
             self.alive[r] = False
-        record["epochs"].append(epoch)
-        record["loss"].append(res["loss"])
-        record["accuracy"].append(res["accuracy"])
-        for key in ("nc1", "nc1_pinv", "spectra"):
+        self.epochs.append(epoch)
+        self.loss.append(res["loss"])
+        self.accuracy.append(res["accuracy"])
+        for key, series in self.series.items():
             for name, v in res.get(key, {}).items():
-                record[key].setdefault(name, []).append(v)
+                series.setdefault(name, []).append(v)
         self.log.info("epoch %d: loss %s accuracy %s", epoch, np.array2string(res["loss"], precision=4),
                       np.array2string(res["accuracy"], precision=3))
         return res
 
     def result(self, last: dict, train_loss: torch.Tensor, epochs_run: int, start: float) -> TrainResult:
-        R, record = self.model.num_networks, self.record
+        R, features = self.model.num_networks, self.probes.probe_features
 
         def stack(v):
             return np.stack(v) if len(v) else np.zeros((0, R))
 
-        record["epochs"] = list(record["epochs"])
-        record["loss"], record["accuracy"] = stack(record["loss"]), stack(record["accuracy"])
-        for key in ("nc1", "nc1_pinv", "spectra"):
-            if key in record:
-                record[key] = {name: stack(v) for name, v in record[key].items()}
-        if self.probes.probe_weights:
-            record["gram_final"] = gram_matrices(self.model)
-        record["train_loss"] = train_loss[:epochs_run].cpu().numpy()
-        record["status"] = self.status
-        record["diverged_epoch"] = self.diverged_epoch
-        record["final_loss"] = last["loss"]
-        record["final_accuracy"] = last["accuracy"]
-        record["final_output"] = last["output"]
-        if self.probes.probe_features:
-            record["final_nc1"] = {name: v for name, v in last["nc1"].items()}
-            record["final_nc1_pinv"] = {name: v for name, v in last["nc1_pinv"].items()}
-        record["num_classes"] = self.data.C
-        record["seconds"] = time.perf_counter() - start
-        return TrainResult(**record)
+        return TrainResult(
+            epochs=list(self.epochs), train_loss=train_loss[:epochs_run].cpu().numpy(), loss=stack(self.loss),
+            accuracy=stack(self.accuracy), data_nc1=self.data_nc1, data_nc1_pinv=self.data_nc1_pinv,
+            status=["ok" if e is None else "diverged" for e in self.diverged_epoch],
+            diverged_epoch=self.diverged_epoch, final_loss=last["loss"], final_accuracy=last["accuracy"],
+            initial_output=self.initial_output, final_output=last["output"], num_classes=self.data.C,
+            seconds=time.perf_counter() - start,
+            **{key: {name: stack(v) for name, v in series.items()} for key, series in self.series.items()},
+            final_nc1=dict(last["nc1"]) if features else None, final_nc1_pinv=dict(last["nc1_pinv"]) if features else None,
+            gram_init=self.gram_init, gram_final=gram_matrices(self.model) if self.probes.probe_weights else None)
 
 
 class _Batches:
@@ -388,7 +377,7 @@ def _train(model, X, targets, labels, sgd, probes, *, num_classes, probe_init, f
     zero = torch.zeros((), dtype=p0.dtype, device=p0.device)
     train_loss = torch.zeros(sgd.num_epochs, model.num_networks, dtype=torch.float64, device=p0.device)
     last = rec.probe(0) if probe_init else None
-    rec.record["initial_output"] = last["output"] if probe_init else None
+    rec.initial_output = last["output"] if probe_init else None
     epochs_run = 0
     for epoch in range(1, sgd.num_epochs + 1):
         for xb, tb in batches.epoch():
@@ -402,6 +391,6 @@ def _train(model, X, targets, labels, sgd, probes, *, num_classes, probe_init, f
             break
         if epoch in epochs:
             last = rec.probe(epoch)
-    if last is None or (epochs_run and epochs_run not in rec.record["epochs"]):
+    if last is None or (epochs_run and epochs_run not in rec.epochs):
         last = rec.probe(epochs_run)
     return rec.result(last, train_loss, epochs_run, start)

@@ -6,10 +6,12 @@ import torch
 
 from shallow_collapse import activations
 from shallow_collapse.closed_forms import ErfMap, ReluFamilyMap
+from shallow_collapse.data import gaussian_data
+from shallow_collapse.eos import solve_eos
 from shallow_collapse.eos.passes import passes_for
 from shallow_collapse.fast_gradients import fast_forms
 from shallow_collapse.kernel_maps import NumericalMaps
-from shallow_collapse.kernels import input_kernel
+from shallow_collapse.kernels import input_kernel, limiting_kernels
 from shallow_collapse.params import NetworkParams
 
 from conftest import PHI, assert_within_standard_errors, kernel_phi, paper_points
@@ -140,7 +142,7 @@ def test_register_takes_a_closed_form_kernel_map():
     act = activations.get(name)
     assert act.closed_form and isinstance(act.kernel_map, ReluFamilyMap)
     # a registered ReLU-family map with alpha != 0 takes the generic EoS passes, and the trainer
-    # the copies of phi: the fast forms of ReLU are for the registered "relu" alone
+    # the copies of phi: the fast forms of ReLU are for the ReLU map (alpha = 0) alone
     assert passes_for(act.kernel_map).q is not passes_for(activations.get("relu").kernel_map).q
     assert fast_forms(act).slope == 1.0
 
@@ -164,3 +166,18 @@ def test_activations_and_kernel_maps_import_nothing_from_the_layers_above():
                  or m.startswith("shallow_collapse.")}
         assert not above, (module, above)
         assert imported  # the walk saw the imports (torch at least)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_leaky_relu_with_slope_0_gives_relus_numbers_bit_for_bit(d):
+    # The fast paths (fused EoS passes, the rank-two EoS state at d = 1, the trainer's forms) key on
+    # the kernel map alone, so a leaky ReLU of slope 0 takes every one of ReLU's: equal bits, not a tolerance.
+    relu, leaky = activations.get("relu"), activations.get("leaky_relu", slope=0.0)
+    assert leaky is not relu and fast_forms(leaky) is fast_forms(relu)
+    ds = gaussian_data((32, 32), d, (-2.0, 2.0), (0.5, 0.5), seed=3, repeat=0)
+    a, b = (solve_eos(ds.X, ds.y, activation=act) for act in (relu, leaky))
+    assert a.status in ("ok", "noise_limited") and b.status == a.status  # ReLU at d = 2: noise_limited
+    assert torch.equal(a.Q, b.Q) and torch.equal(a.Sigma, b.Sigma)
+    nets = [NetworkParams(activation=name, leaky_relu_slope=0.0) for name in ("relu", "leaky_relu")]
+    lk_a, lk_b = (limiting_kernels(ds.X, net) for net in nets)
+    assert torch.equal(lk_a.nngp, lk_b.nngp) and torch.equal(lk_a.ntk, lk_b.ntk)

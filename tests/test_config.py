@@ -157,3 +157,13 @@ def test_a_schedule_ending_below_h_is_refused_only_by_the_jobs_that_anneal(write
     refused(lambda: main("adaptive_kernels_bulk_balanced", [str(path), "--out", str(out_root)]),
             "'annealing_factors'", "no smaller than h=1000")
     assert main("limiting_kernels_bulk_balanced", [str(path), "--out", str(out_root)]) == 0
+
+
+def test_reading_a_config_imports_neither_the_solver_nor_numba():
+    # The strategy names a config is checked against live in params.EOS_STRATEGIES, beside
+    # SolverOptions, so that loading YAML never compiles the EoS loops.
+    code = ("import sys, shallow_collapse.config as c; c.load_config(sys.argv[1]); "
+            "print(sorted(m for m in ('numba', 'shallow_collapse.eos') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "configs/adaptive_kernels_bulk_balanced.yml"], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"

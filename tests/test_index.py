@@ -106,3 +106,12 @@ def test_two_runs_finishing_at_once_both_appear(write_config, out_root, monkeypa
     rows = real_entries(out_root)
     assert len(rows) == 2 and all(r.ok for r in rows)
     assert html.count('<tr class="bad">') == 0 and all(r.hash in html for r in rows)
+
+
+def test_the_index_says_what_it_compares_with(monkeypatch, tmp_path):
+    # a source checkout compares with its configs/; an installed package (no configs/ beside it)
+    # with the schema's defaults, and its column says so instead of falling back silently
+    assert index.baseline() == "differs from the shipped config"
+    monkeypatch.setattr(index, "CONFIGS", tmp_path / "configs")
+    row = index.Entry("fcn", "0123456789", "", "ok", True, {"seed": 3}, "fcn/0123456789")
+    assert "differs from the defaults" in index._page([row])

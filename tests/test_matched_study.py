@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from shallow_collapse.matched_study import cell_table, main, plan, run_study, study_table
+from shallow_collapse.config import ConfigError, resolve
+from shallow_collapse.matched_study import cell_table, check_shared, main, plan, run_study, study_table
 from shallow_collapse.sweeps import read_table
 
 
@@ -75,10 +76,21 @@ def test_the_study_plans_one_set_of_sweeps_per_activation(write_config):
 
 @pytest.mark.parametrize("keys, words", [({"hidden_features": 16, "h": 8, "annealing_factors": [100.0]},
                                           ("'hidden_features'", "h=8")),
-                                         ({"activation_list": ["erf", "tanhh"]}, ("'activation_list'", "erf"))])
+                                         ({"activation_list": ["erf", "tanhh"]}, ("'activation_list'", "erf")),
+                                         ({"hidden_weight_std": 2.0}, ("'hidden_weight_std'", "sigw2=1.0")),
+                                         ({"bias_std": 0.1}, ("'bias_std'", "no bias"))])
 def test_a_config_the_study_cannot_honour_stops_before_any_work(write_config, out_root, refused, keys, words):
     path = write_config(**keys)
     refused(lambda: main([str(path), "--out", str(out_root)]), *words)
+
+
+def test_the_sgd_network_shares_the_eos_prior_but_its_readout_scale():
+    # sigw2 = 2 written as a 13-digit hidden_weight_std (relative error 3e-14 < the check's 1e-12);
+    # the readout's initial scale (the paper's so = 1.97) is not compared with siga2.
+    cfg = resolve({"sigw2": 2.0, "hidden_weight_std": 1.4142135623731, "final_weight_std": 1.97, "siga2": 1 / 128})
+    check_shared(cfg)
+    with pytest.raises(ConfigError, match="'hidden_weight_std'"):
+        check_shared({**cfg, "hidden_weight_std": 1.414})
 
 
 @pytest.mark.slow
@@ -86,7 +98,8 @@ def test_a_tiny_study_writes_its_tables_figure_page_and_index_entry(write_config
     path = write_config(N_list=[16], in_features_list=[2], repeat=1, activation_list=["erf"], h=8,
                         hidden_features=8, annealing_factors=[100.0], sig2=0.05, num_epochs=20,
                         posterior_chains=2, posterior_burn_in=100, posterior_samples=200,
-                        posterior_rhat_max=100.0, posterior_ess_min=0)  # short chains: let them pass as ok
+                        posterior_rhat_max=100.0, posterior_ess_min=0,
+                        posterior_se_max=1.0)  # short chains: let them pass as ok
     folder = run_study(path, out_root=out_root)
     (row,) = read_table(folder / "table.csv")
     assert row["posterior_status"] == "ok" and row["ak_status"] in ("ok", "noise_limited")

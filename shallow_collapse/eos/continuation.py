@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 
 from .evaluator import EoSEvaluator, EoSState
-from .options import SolverOptions
+from ..params import SolverOptions
 from .results import StepRecord
-from .strategies import STEPS, AndersonMemory, BranchContext
+from .strategies import STRATEGIES, AndersonMemory, BranchContext
 
 
 @dataclass
@@ -47,9 +47,9 @@ def schedule(annealing_factors, h: float, anneal: bool) -> list[float]:
 def follow(ev: EoSEvaluator, strategy: str, factors: list[float], state0: EoSState, options: SolverOptions, *,
            origin: str, on_accept=None, log=None) -> Branch:
     """Follow ``factors`` from the NNGP limit ``state0`` with ``strategy`` (a name of
-    :data:`~shallow_collapse.eos.strategies.STEPS`), warm-starting every step from the last
+    :data:`~shallow_collapse.eos.strategies.STRATEGIES`), warm-starting every step from the last
     accepted solution and subdividing failed steps geometrically."""
-    step = STEPS[strategy]
+    step = STRATEGIES[strategy].step
     e_start = ev.evaluations
     memory = AndersonMemory(options.anderson_memory)
     memory.add(state0)

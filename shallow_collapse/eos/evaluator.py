@@ -35,6 +35,7 @@ from . import loops
 from . import tolerances as tol
 from .passes import passes_for
 from .. import activations
+from ..closed_forms import is_relu
 from ..devices import resolve_device
 from ..params import EoSParams, NetworkParams
 
@@ -71,7 +72,7 @@ class EoSEvaluator:
     """The EoS map and the action for fixed data and hyper-parameters.
 
     ``X`` ``(N, d)`` and ``y`` ``(N,)`` are moved to ``device`` in float64; ``params`` gives sigw2, siga2
-    and sig2 (its solver fields are not used here). :meth:`state` does the
+    and sig2. :meth:`state` does the
     O(N^3) work; :meth:`sigma_new`, :meth:`residual`, :meth:`rel_residual`, :meth:`action` and
     :meth:`action_gradient` turn a state into numbers for any chi for O(d^3). ``evaluations``
     counts calls of :meth:`state`.
@@ -91,11 +92,10 @@ class EoSEvaluator:
             raise ValueError(f"y must be ({self.X.shape[0]},), got shape {tuple(y.shape)}")
         self.y = y
         self.N, self.d = self.X.shape
-        self.activation = activation
         self.sigw2, self.siga2, self.sig2 = float(params.sigw2), float(params.siga2), float(params.sig2)
         self.evaluations = 0
         # ReLU on collinear data (d = 1): Q has rank two in closed form (_collinear_relu_state).
-        self._rank_two = self.act is activations.get("relu") and self.d == 1
+        self._rank_two = is_relu(self.act.kernel_map) and self.d == 1
         self._eye_d = torch.eye(self.d, dtype=torch.float64, device=self.device)
         # (Sigma, T) of the latest evaluations, d x d each: the certificate reads curvature along
         # the directions the solver explored last from them (T does not depend on chi).

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from . import loops
-from ..closed_forms import SNAP, ErfMap, ReluFamilyMap
+from ..closed_forms import SNAP, ErfMap, is_relu
 
 __all__ = ["Passes", "passes_for", "generic", "ERF", "RELU"]
 
@@ -41,7 +41,7 @@ def passes_for(kernel_map, *, fused: bool = True) -> Passes:
     otherwise."""
     if fused and isinstance(kernel_map, ErfMap):
         return ERF
-    if fused and isinstance(kernel_map, ReluFamilyMap) and kernel_map.alpha == 0.0:
+    if fused and is_relu(kernel_map):
         return RELU
     return generic(kernel_map)
 

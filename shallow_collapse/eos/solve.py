@@ -15,51 +15,46 @@ from . import tolerances as tol
 from . import certificate
 from .continuation import Branch, follow, schedule
 from .evaluator import PAPER_EOS, EoSEvaluator, EoSState
-from .options import SolverOptions
 from .results import Candidate, EoSResult
 from .strategies import STRATEGIES
 from ..devices import torch_threads
-from ..params import EoSParams, NetworkParams
+from ..params import EoSParams, NetworkParams, SolverOptions
 
 
-def solve_eos(X, y, params: EoSParams = PAPER_EOS, *, activation: str = NetworkParams.activation,
-              anneal: bool | None = None, device="cpu", on_accept=None, threads: int | None = 1, log=None,
-              **anderson) -> EoSResult:
+def solve_eos(X, y, params: EoSParams = PAPER_EOS, options: SolverOptions = SolverOptions(), *,
+              activation: str = NetworkParams.activation, anneal: bool | None = None, device="cpu", on_accept=None,
+              threads: int | None = 1, log=None) -> EoSResult:
     """Solve the EoS of ``params`` at chi = ``params.h``: the least-action solution among the
     candidates found.
 
     ``X`` ``(N, d)``, ``y`` ``(N,)`` (scalar targets; an ``(N, 1)`` y raises). ``params``: the
-    hyper-parameters and solver options (the paper's by default, :class:`~shallow_collapse.params.EoSParams`):
+    network they describe (the paper's by default, :class:`~shallow_collapse.params.EoSParams`);
+    ``options``: how they are solved (:class:`~shallow_collapse.params.SolverOptions`):
 
     ``strategy``: ``minimize`` (default), ``anderson`` or ``newton-krylov`` (:mod:`.strategies`).
     ``anneal``: follow ``annealing_factors`` (descending; ``h`` appended when it is not the last)
-    from the NNGP limit, warm-started; default False for ``minimize`` (one solve at chi = h from
-    the NNGP limit) and always True for the fixed-point strategies. A failed step is retried after
-    inserting ``sqrt(chi_prev chi)`` (``10 chi`` after chi = inf), nested up to
-    ``max_subdivisions`` times; beyond that the branch stops at ``failed_factor``.
+    from the NNGP limit, warm-started; default False for a strategy that may solve directly
+    (``minimize``: one solve at chi = h from the NNGP limit) and always True for the others (the
+    fixed-point strategies). A failed step is retried after inserting ``sqrt(chi_prev chi)``
+    (``10 chi`` after chi = inf), nested up to ``max_subdivisions`` times; beyond that the branch
+    stops at ``failed_factor``.
     ``candidates``: further strategies whose answers compete (each over its own branch). An
-    annealed ``minimize`` adds the direct solve at chi = h from the NNGP limit. The result is the
+    annealed direct strategy adds its direct solve at chi = h from the NNGP limit. The result is the
     converged candidate of least action; ``result.candidates`` lists them all, and ``log`` gets a
     warning where they disagree.
-    ``rtol``: convergence when max|Sigma - Sigma_new| / max|Sigma| <= rtol.
-    ``maxiter``: iterations per step (minimize: L-BFGS iterations per round; newton-krylov: Newton
-    steps); ``inner_maxiter``: Krylov iterations per Newton step.
 
     ``activation``: a registered name or an :class:`~shallow_collapse.activations.Activation`.
     ``on_accept(chi, state, step)``: called for the NNGP start
     (chi = inf, step None) and every accepted step of the primary branch.
-    ``device``: ``cpu``, ``cuda`` or ``auto``. ``anderson``: the ``anderson_*`` fields of
-    :class:`.SolverOptions` (memory, mixing, relative Tikhonov regularisation, stall window), whose
-    defaults live there only.
+    ``device``: ``cpu``, ``cuda`` or ``auto``.
     ``threads``: torch and BLAS threads for the solve (restored afterwards; None leaves them
     alone). One by default: the O(d^3) steps between the O(N^3) evaluations are many small
     parallel regions, and with two threads on a loaded 2-core machine a whole solve was measured
     up to 100x slower. ``log``: a logger for per-step debug lines and warnings.
     """
-    options = SolverOptions.from_params(params, **anderson)
-    for name in (params.strategy, *params.candidates):
+    for name in (options.strategy, *options.candidates):
         if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+            raise ValueError(f"unknown strategy {name!r}; expected one of {tuple(STRATEGIES)}")
     run = dict(activation=activation, anneal=anneal, device=device, on_accept=on_accept, log=log)
     if threads is None:
         return _solve(X, y, params, options, **run)
@@ -71,8 +66,8 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
            log) -> EoSResult:
     t_start = time.perf_counter()
     ev = EoSEvaluator(X, y, params, activation=activation, device=device)
-    strategy, h = params.strategy, params.h
-    anneal = strategy != "minimize" or bool(anneal)
+    strategy, h = options.strategy, params.h
+    anneal = not STRATEGIES[strategy].direct or bool(anneal)
     state0 = ev.state(ev.nngp_sigma())
     if on_accept is not None:
         on_accept(math.inf, state0, None)
@@ -83,11 +78,11 @@ def _solve(X, y, params: EoSParams, options: SolverOptions, *, activation, annea
                       on_accept=callback, log=log)
 
     branches = [branch(strategy, anneal, on_accept)]
-    if strategy == "minimize" and anneal:
-        branches.append(branch("minimize", False))
-    for name in params.candidates:
+    if STRATEGIES[strategy].direct and anneal:
+        branches.append(branch(strategy, False))
+    for name in options.candidates:
         if name != strategy:
-            branches.append(branch(name, name != "minimize"))
+            branches.append(branch(name, not STRATEGIES[name].direct))
     chosen = _least_action(ev, branches, float(h))
     # Stalled next to the solution at chi = h, below the float64 noise of the map: certify it too.
     stalled = (not chosen.converged and chosen.chi == float(h)

@@ -1,8 +1,10 @@
 """How one continuation step is solved: a table of strategies with one signature.
 
-Every entry of :data:`STEPS` is ``step(ev, chi, start, branch, options) -> StepOutcome``: solve the
-EoS at annealing factor ``chi`` from the accepted point ``start`` (an :class:`EoSState`), with the
-branch's history ``branch`` (:class:`BranchContext`) and the :class:`SolverOptions`.
+Every entry of :data:`STRATEGIES` is a :class:`Strategy`: its ``step(ev, chi, start, branch,
+options) -> StepOutcome`` solves the EoS at annealing factor ``chi`` from the accepted point
+``start`` (an :class:`EoSState`), with the branch's history ``branch`` (:class:`BranchContext`) and
+the :class:`SolverOptions`; ``direct`` says whether it may solve at chi = h straight from the NNGP
+limit (and so whether it anneals by default).
 
 - ``minimize`` (default): minimise S with scipy's L-BFGS-B over the Cholesky factor of Sigma
   (log diagonal, whitened by the factor of the starting point) with the exact gradient, until
@@ -25,7 +27,7 @@ import torch
 
 from . import tolerances as tol
 from .evaluator import EoSEvaluator, EoSState, EvaluationError
-from .options import SolverOptions
+from ..params import EOS_STRATEGIES, SolverOptions
 
 
 @dataclass
@@ -309,7 +311,7 @@ def _newton_polish(ev: EoSEvaluator, chi: float, start: EoSState, *, rtol: float
     in coordinates whitened by ``start``: ``Sigma = L0 (I + sum_k z_k B_k) L0^T``, ``L0`` the
     Cholesky factor of ``start.Sigma``, ``B_k`` an orthonormal basis of the symmetric d x d
     matrices (so the KL term's curvature is chi/2 along every coordinate at ``z = 0``). A step is
-    taken only where the gradient norm falls by ``NEWTON_ACCEPT`` (:func:`_newton`); the polish
+    taken only where the gradient norm falls by ``NEWTON_ACCEPT`` (:func:`newton_steps`); the polish
     stops at ``rel_residual <= rtol``. Only for d (d + 1) / 2 <= ``NEWTON_MAX_UNKNOWNS`` (each
     Hessian costs that many evaluations). Returns ``(state, iterations)``: the last accepted point
     (``start`` when none was)."""
@@ -467,5 +469,17 @@ def newton_krylov(ev: EoSEvaluator, chi: float, start: EoSState, branch: BranchC
 
 
 Step = Callable[[EoSEvaluator, float, EoSState, BranchContext, SolverOptions], StepOutcome]
-STEPS: dict[str, Step] = {"minimize": minimize, "anderson": anderson, "newton-krylov": newton_krylov}
-STRATEGIES = tuple(STEPS)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One strategy: its ``step``, and ``direct``: it may solve at chi = h straight from the NNGP
+    limit (a minimiser of S may; a fixed-point iteration needs the continuation). A direct strategy
+    solves directly unless asked to anneal, and an annealed one also competes with its direct solve."""
+
+    step: Step
+    direct: bool
+
+
+STRATEGIES: dict[str, Strategy] = dict(zip(EOS_STRATEGIES, (  # the names: params.EOS_STRATEGIES
+    Strategy(minimize, direct=True), Strategy(anderson, direct=False), Strategy(newton_krylov, direct=False))))

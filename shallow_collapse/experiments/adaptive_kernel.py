@@ -11,19 +11,22 @@ import time
 import torch
 
 from .. import metrics
-from . import error_rows
+from . import Method, Row, data_bytes, error_rows
+from ..config import ConfigError, show
 from ..eos import EoSResult, nc1_error_bound, solve_eos
-from ..params import EoSParams, NetworkParams
+from ..params import EoSParams, NetworkParams, SolverOptions
+from . import limiting_kernels as limiting_kernels_experiment
 from . import single_run_data
 
-__all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe"]
+__all__ = ["solve", "evaluate_cell", "run", "result_record", "StepProbe", "check", "cell_bytes", "METHOD"]
 
 
 def solve(cfg: dict, ds, **options) -> EoSResult:
     """:func:`~shallow_collapse.eos.solve_eos` on the draw ``ds`` with the config's EoS keys
-    (:class:`~shallow_collapse.params.EoSParams`), activation and device; ``options`` are passed on."""
-    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), activation=NetworkParams.from_config(cfg).act,
-                     device=cfg["device"], **options)
+    (:class:`~shallow_collapse.params.EoSParams`, :class:`~shallow_collapse.params.SolverOptions`),
+    activation and device; ``options`` are solve_eos's keywords (``anneal``, ``on_accept``, ``log``)."""
+    return solve_eos(ds.X, ds.y, EoSParams.from_config(cfg), SolverOptions.from_config(cfg),
+                     activation=NetworkParams.from_config(cfg).act, device=cfg["device"], **options)
 
 
 def _solver_columns(result: EoSResult) -> dict:
@@ -183,3 +186,26 @@ def run(cfg: dict, run) -> None:
 
         plot_single_run(record, {"data_kernel": ds.X @ ds.X.T, "q_gp": result.Q0, "q_end": result.Q},
                         run.plots)
+
+
+def check(cfg: dict) -> None:
+    """The EoS describe one hidden layer (L = 2), and their continuation ends at the width h."""
+    if cfg["L"] != 2:
+        raise ConfigError(f"config key 'L': expected 2 for the adaptive kernel (the Equations of State "
+                          f"describe one hidden layer), got {show(cfg['L'])}")
+    if cfg["annealing_factors"][-1] < cfg["h"]:
+        raise ConfigError(f"config key 'annealing_factors': expected factors no smaller than h={cfg['h']} "
+                          f"(the schedule ends at h), got {show(cfg['annealing_factors'])}")
+
+
+def cell_bytes(cfg: dict, N: int, d: int, R: int) -> int:
+    """The draws, a dozen (N, N) float64 matrices of one solve and the solver's (d, d) history."""
+    return data_bytes(N, d, R) + 12 * N * N * 8 + (cfg["inner_maxiter"] + 20) * d * d * 8
+
+
+METHOD = Method(
+    prefix="adaptive_kernels", description=f"NC1 of the adaptive kernel (Equations of State), with the NNGP of the "
+                                           f"same draws, {limiting_kernels_experiment.GRID_OF}",
+    owns=(Row("ak", "Adaptive kernel", ("network", "ak"), versus=("fcn", "posterior")),), reports=("ak", "nngp"),
+    evaluate_cell=evaluate_cell, scopes=("network", "ak"), cell_bytes=cell_bytes, memory_keys=("inner_maxiter",),
+    check=check, paper=True)

@@ -17,10 +17,14 @@ from ..kernels import kernel_names, limiting_kernels
 from ..model import FCNEnsemble, network_seed
 from ..params import NetworkParams, ProbeParams, SGDParams
 from ..training import TrainResult, make_targets, predicted_classes, train
+from . import Method, Row
 from . import limiting_kernels as limiting_kernels_experiment
 from . import single_run_data
 
-__all__ = ["evaluate_cell", "run", "build_ensemble", "kernel_probe", "results_json"]
+__all__ = ["evaluate_cell", "run", "build_ensemble", "kernel_probe", "results_json", "cell_bytes", "probe_bytes",
+           "METHOD"]
+
+F32, F64 = 4, 8
 
 
 def build_ensemble(cfg: dict, seeds, in_features: int, device=None, dtype=torch.float32) -> FCNEnsemble:
@@ -153,3 +157,27 @@ def run(cfg: dict, run) -> None:
     if results["status"] != "ok":
         run.log.warning("the network diverged at epoch %s", results["diverged_epoch"])
     plot_run(plot_record(result, kernels), ds.X.numpy(), ds.labels.numpy(), run.plots)
+
+
+def cell_bytes(cfg: dict, N: int, d: int, R: int) -> int:
+    """The limiting kernels of the draws, plus R networks' weights, gradients, features and probes."""
+    h, layers = cfg["hidden_features"], cfg["L"] - 1
+    params = d * h + (layers - 1) * h * h + h * cfg["out_features"] + layers * h
+    training = R * params * F32 * 4 + layers * R * N * h * (4 * F32 + 4 * F64)  # weights, grads, features
+    probes = layers * R * h * h * F64 * 3 + R * cfg["num_epochs"] * F64
+    return limiting_kernels_experiment.cell_bytes(cfg, N, d, R) + training + probes
+
+
+def probe_bytes(cfg: dict) -> int:
+    """What a single run records besides its cell: the probes' snapshots, and the probed kernels."""
+    N, probes = cfg["N"], cfg["num_epochs"] // cfg["probing_frequency"] + 2
+    kernels = (3 * cfg["L"] + 2) * N * N * F64 if cfg["probe_kernels"] else 0
+    return probes * (cfg["L"] - 1) * cfg["hidden_features"] * F64 * 8 + kernels
+
+
+METHOD = Method(
+    prefix="fcn", description=f"NC1 of trained fully-connected networks, with the NNGP and NTK of the same draws, "
+                              f"{limiting_kernels_experiment.GRID_OF}",
+    owns=(Row("fcn", "FCN", ("network", "init", "fcn")),), reports=("fcn", "nngp", "ntk"), evaluate_cell=evaluate_cell,
+    scopes=("network", "init", "fcn"), cell_bytes=cell_bytes, memory_keys=("hidden_features", "L", "num_epochs"),
+    paper=True)

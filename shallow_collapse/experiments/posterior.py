@@ -16,13 +16,11 @@ from ..devices import resolve_device
 from ..model import seed_int
 from ..params import EoSParams, NetworkParams, PosteriorParams
 from ..posterior import sample_posterior
+from . import Method, Row, error_rows
 from . import adaptive_kernel as adaptive_kernel_experiment
-from . import error_rows
 from . import limiting_kernels as limiting_kernels_experiment
 
-__all__ = ["evaluate_cell", "chain_seeds", "prior_network_config", "METHODS"]
-
-METHODS = ("posterior", "nngp")
+__all__ = ["evaluate_cell", "chain_seeds", "prior_network_config", "cell_bytes", "METHOD"]
 
 
 def chain_seeds(seed: int, class_sizes, d: int, repeat: int, chains: int) -> list[int]:
@@ -32,10 +30,10 @@ def chain_seeds(seed: int, class_sizes, d: int, repeat: int, chains: int) -> lis
 
 
 def prior_network_config(cfg: dict) -> dict:
-    """``cfg`` with the network keys of the EoS prior in the convention of MATH section 2:
-    sw^2 = sigw2, so^2 = siga2, no bias, one hidden layer (its NNGP is the AK's starting kernel)."""
-    return {**cfg, "L": 2, "hidden_weight_std": math.sqrt(cfg["sigw2"]),
-            "final_weight_std": math.sqrt(cfg["siga2"]), "bias_std": 0.0}
+    """``cfg`` with the network keys of the EoS prior (:meth:`EoSParams.network`: sw^2 = sigw2,
+    so^2 = siga2, no bias, one hidden layer; its NNGP is the AK's starting kernel)."""
+    prior = EoSParams.from_config(cfg).network(cfg["activation"], cfg["leaky_relu_slope"])
+    return {**cfg, **prior.to_config()}
 
 
 def _row(repeat: int, result) -> dict:
@@ -71,7 +69,7 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     ``nngp`` (of the EoS prior) per repeat of ``cell``. All chains of all repeats run as one batch
     in float64 on the config's ``device``. A numerical failure is a status (nan, not_converged,
     error), never an exception."""
-    eos, params = EoSParams.from_config(cfg), PosteriorParams.from_config(cfg)
+    prior, params = EoSParams.from_config(cfg), PosteriorParams.from_config(cfg)
     labels = datasets[0].labels  # shared by the draws of a cell (sweeps.cell_datasets)
     device = resolve_device(cfg["device"])
     X = torch.stack([ds.X for ds in datasets]).to(device, torch.float64)
@@ -81,9 +79,8 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
     act = NetworkParams.from_config(cfg).act
     sigmas = start_sigmas(cfg, datasets)
     try:
-        results = sample_posterior(X, Y, labels.to(device), act, sigw2=eos.sigw2, siga2=eos.siga2, sig2=eos.sig2,
-                                   h=eos.h, params=params, seeds=seeds, homogeneous=act.homogeneous,
-                                   start_sigma=sigmas)
+        results = sample_posterior(X, Y, labels.to(device), act, prior, params, seeds=seeds,
+                                   homogeneous=act.homogeneous, start_sigma=sigmas)
         rows = [_row(r, res) for r, res in zip(cell.repeats, results)]
         if sigmas is None:
             for row in rows:
@@ -93,3 +90,22 @@ def evaluate_cell(cfg: dict, cell, datasets) -> list[dict]:
         rows = error_rows(["posterior"], cell.repeats, exc)
     nngp = limiting_kernels_experiment.evaluate_cell(prior_network_config(cfg), cell, datasets)
     return rows + [row for row in nngp if row["method"] == "nngp"]
+
+
+def cell_bytes(cfg: dict, N: int, d: int, R: int) -> int:
+    """The Gibbs sampler (float64): R * chains chains, each with C_W^-1 and the refactorisation's
+    kernel, factor and inverse (4 of (N, N)), its features (F and a scaled copy, 2 of (N, h)), the
+    sweep's noise (h (d + 66) numbers), the readout's O(N^2 + N h) and per retained sweep four
+    scalars; or the AK solve of each draw for the starts, whichever is larger."""
+    B, h = R * cfg["posterior_chains"], cfg["h"]
+    per_chain = 4 * N * N + 2 * N * h + h * (d + 66) + 4 * N + d * d * 2 + 4 * cfg["posterior_samples"]
+    return max(limiting_kernels_experiment.cell_bytes(prior_network_config(cfg), N, d, R) + B * per_chain * 8,
+               adaptive_kernel_experiment.cell_bytes(cfg, N, d, R))
+
+
+METHOD = Method(
+    prefix="posterior", description=f"NC1 of the posterior network the EoS describe (readout integrated out, exact "
+                                    f"MCMC), with the NNGP of the same draws, {limiting_kernels_experiment.GRID_OF}",
+    owns=(Row("posterior", "Posterior network (readout integrated out, exact MCMC)", ("network", "ak", "posterior")),),
+    reports=("posterior", "nngp"), evaluate_cell=evaluate_cell, scopes=("network", "ak", "posterior"),
+    cell_bytes=cell_bytes, memory_keys=("h", "posterior_chains", "posterior_samples", "inner_maxiter"))

@@ -8,17 +8,13 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from .matched import CAPTIONS as MATCHED_CAPTIONS
-from .sweep import METHOD_LABELS
 
 __all__ = ["CAPTIONS", "PATTERNS", "caption"]
 
 _BAND = "mean ± std over the ok repeats; a black x marks points with failed repeats"
 
 CAPTIONS = {
-    # sweeps (plots/sweep.py)
-    **{f"{method}_nc1": f"{label}: log10 NC1 (left) and relative NC1 (right) against the input dimension d, "
-                        f"one curve per N or class-size tuple, {_BAND}."
-       for method, label in METHOD_LABELS.items()},
+    # sweeps (plots/sweep.py); each method's own figure, <method>_nc1, is captioned by method_caption
     "methods_side_by_side": "Every method of the sweep on shared axes: log10 NC1 (top) and relative NC1 "
                             f"(bottom) against d, one curve per N or class-size tuple, {_BAND}.",
     # comparisons (plots/compare.py)
@@ -65,8 +61,19 @@ PATTERNS = {
 }
 
 
+def method_caption(stem: str) -> str | None:
+    """The caption of a sweep's figure of one method, ``<method>_nc1`` (a row of the registry)."""
+    from ..methods import ROWS  # the registry imports the experiments, which import the plots
+
+    row = ROWS.get(stem.removesuffix("_nc1")) if stem.endswith("_nc1") else None
+    return None if row is None else (f"{row.label}: log10 NC1 (left) and relative NC1 (right) against the input "
+                                     f"dimension d, one curve per N or class-size tuple, {_BAND}.")
+
+
 def caption(stem: str) -> str | None:
     """The caption of the figure ``stem`` (file name without suffix), or None if it has none."""
     if stem in CAPTIONS:
         return CAPTIONS[stem]
+    if method_caption(stem) is not None:
+        return method_caption(stem)
     return next((text for pattern, text in PATTERNS.items() if fnmatchcase(stem, pattern)), None)

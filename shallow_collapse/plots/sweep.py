@@ -8,10 +8,7 @@ import numpy as np
 
 from . import save_figure
 
-__all__ = ["plot_sweep", "group_label", "draw_band", "d_axis", "METHOD_LABELS", "PANELS"]
-
-METHOD_LABELS = {"nngp": "NNGP", "ntk": "NTK", "fcn": "FCN", "ak": "Adaptive kernel",
-                 "posterior": "Posterior network (readout integrated out, exact MCMC)"}
+__all__ = ["plot_sweep", "group_label", "draw_band", "d_axis", "PANELS"]
 PANELS = (("mean_log10_nc1", "std_log10_nc1", r"$\log_{10}$ NC1"),
           ("mean_log10_rel_nc1", "std_log10_rel_nc1", r"relative NC1: $\log_{10}$(NC1 / NC1(X))"))
 
@@ -62,8 +59,9 @@ def _draw(ax, summary, method, grid, mean_key, std_key):
     d_axis(ax, [r["in_features"] for r in summary])
 
 
-def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str) -> list[Path]:
-    """One figure per method (NC1 and relative NC1) and one with all methods side by side.
+def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str, labels: dict) -> list[Path]:
+    """One figure per method (NC1 and relative NC1) and one with all methods side by side;
+    ``labels`` maps a method to its label.
 
     Bands are mean +- std over repeats with status ok; a black x marks a point where some repeats
     failed (diverged, not converged, NaN or error), and the legend counts them.
@@ -77,7 +75,7 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
             _draw(ax, summary, method, grid, mean_key, std_key)
             ax.set_ylabel(ylabel)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{METHOD_LABELS.get(method, method)}: NC1 against input dimension ({grid} classes)")
+        fig.suptitle(f"{labels.get(method, method)}: NC1 against input dimension ({grid} classes)")
         written.append(save_figure(fig, plots_dir / f"{method}_nc1.png"))
     fig, axes = plt.subplots(2, len(methods), figsize=(4.5 * len(methods), 7.5), sharey="row",
                              squeeze=False, constrained_layout=True)
@@ -85,10 +83,10 @@ def plot_sweep(rows: list[dict], summary: list[dict], plots_dir: Path, grid: str
         for row, (mean_key, std_key, ylabel) in enumerate(PANELS):
             ax = axes[row, col]
             _draw(ax, summary, method, grid, mean_key, std_key)
-            ax.set_title(METHOD_LABELS.get(method, method) if row == 0 else "")
+            ax.set_title(labels.get(method, method) if row == 0 else "")
             if col == 0:
                 ax.set_ylabel(ylabel)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(" vs ".join(METHOD_LABELS.get(m, m) for m in methods) + f" ({grid} classes)")
+    fig.suptitle(" vs ".join(labels.get(m, m) for m in methods) + f" ({grid} classes)")
     written.append(save_figure(fig, plots_dir / "methods_side_by_side.png"))
     return written

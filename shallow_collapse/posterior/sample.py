@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
@@ -132,22 +133,22 @@ def _starts(generators, h: int, d: int, sigw2: float, start_sigma, M: int, dtype
     return torch.stack(out)
 
 
-def sample_posterior(X: torch.Tensor, Y: torch.Tensor, labels: torch.Tensor, phi, *, sigw2: float,
-                     siga2: float, sig2: float, h: int, params, seeds: list[int], homogeneous: bool = False,
-                     start_sigma=None) -> list[PosteriorResult]:
+def sample_posterior(X: torch.Tensor, Y: torch.Tensor, labels: torch.Tensor, phi, prior, params, *,
+                     seeds: list[int], homogeneous: bool = False, start_sigma=None) -> list[PosteriorResult]:
     """Sample the collapsed posterior of each draw: ``X`` ``(R, N, d)``, ``Y`` ``(R, N, C)``, the same
     ``labels`` ``(N,)`` for every draw, ``phi`` an :class:`~shallow_collapse.activations.Activation`
-    (erf and the ReLU family run the compiled loop on CPU) or any callable, ``params`` a :class:`~shallow_collapse.params.PosteriorParams`,
+    (erf and the ReLU family run the compiled loop on CPU) or any callable, the network's ``prior``
+    (width, priors and noise: an :class:`~shallow_collapse.params.EoSParams`), ``params`` a
+    :class:`~shallow_collapse.params.PosteriorParams`,
     ``seeds`` ``R * params.chains`` chain seeds (draw r owns ``seeds[r*M:(r+1)*M]``), ``homogeneous``
     when phi(s z) = s phi(z) for s > 0 (adds the scale move), ``start_sigma`` ``(R, d, d)`` or None
     (the second half's starting covariance). Returns one result per draw (``seconds``: the run's
     wall time divided among the draws)."""
     R, M = X.shape[0], params.chains
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    W0 = _starts(generators, h, X.shape[-1], sigw2, start_sigma, M, X.dtype).to(X.device)
-    code = activation_code(phi)
-    target = GibbsTarget(X.repeat_interleave(M, 0), Y.repeat_interleave(M, 0), getattr(phi, "phi", phi), sigw2,
-                         siga2, sig2, h, code)
+    W0 = _starts(generators, prior.h, X.shape[-1], prior.sigw2, start_sigma, M, X.dtype).to(X.device)
+    target = GibbsTarget(X.repeat_interleave(M, 0), Y.repeat_interleave(M, 0), getattr(phi, "phi", phi), prior.sigw2,
+                         prior.siga2, prior.sig2, prior.h, activation_code(phi))
     run = run_chains(target, labels, W0, generators, burn_in=params.burn_in, samples=params.samples,
                      scale_move=homogeneous)
     return [_reduce(run, slice(r * M, (r + 1) * M), params, run.seconds / R) for r in range(R)]

@@ -10,7 +10,8 @@ import torch
 from scipy.optimize import brentq
 
 from shallow_collapse import eos, kernels, metrics
-from shallow_collapse.params import NetworkParams
+from shallow_collapse.config import SCHEMA
+from shallow_collapse.params import EOS_STRATEGIES, NetworkParams, SolverOptions
 
 from conftest import nc1_round_off
 from eos_cases import (PAPER, SCHEDULE, action_gap_bound, action_round_off, dense_action, dense_derivative_1d,
@@ -70,7 +71,8 @@ def test_converged_solution_satisfies_the_eos(strategy, activation):
     # ReLU with the paper's sig2 = 1e-6 loses the annealed fixed-point branch near chi ~ 5000;
     # the fixed-point strategies are checked with sig2 = 1e-3 there (minimize handles 1e-6 below).
     params = paper(sig2=1e-6 if activation == "erf" else 1e-3)
-    result = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE, strategy=strategy, rtol=rtol),
+    result = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE),
+                           SolverOptions(strategy=strategy, rtol=rtol),
                            activation=activation)
     assert result.converged and result.status == "ok" and result.factor == 500
     # Re-evaluate from scratch with a fresh evaluator: the same float64 arithmetic on one thread
@@ -103,7 +105,7 @@ def test_every_strategy_agrees_with_the_default(strategy, activation, d, sig2):
     ds = paper_data(128, d, seed=1)
     params = paper(sig2=sig2)
     default = eos.solve_eos(ds.X, ds.y, params, activation=activation)
-    other = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE, strategy=strategy),
+    other = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=SCHEDULE), SolverOptions(strategy=strategy),
                           activation=activation)
     assert default.status == "ok" and other.status == "ok"
     # Two points within rtol = 1e-8 of one fixed point; NC1 is smooth in Sigma (observed gaps
@@ -123,10 +125,11 @@ def test_two_local_minima_the_least_action_wins():
     ds, params = two_well_problem()
     factors = [1e4, 1e3, 1e2, 30.0]
     # newton-krylov's annealed branch ends in the shallower well; minimize finds the deeper one.
-    alone = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors, strategy="newton-krylov"))
+    alone = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors),
+                          SolverOptions(strategy="newton-krylov"))
     assert alone.status == "ok" and float(alone.Sigma) < 1.0
-    both = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors, strategy="newton-krylov",
-                                             candidates=("minimize",)))
+    both = eos.solve_eos(ds.X, ds.y, replace(params, annealing_factors=factors),
+                         SolverOptions(strategy="newton-krylov", candidates=("minimize",)))
     # the wells' actions differ by ~133 (two_well_problem), far beyond any round-off
     assert both.status == "ok" and float(both.Sigma) > 5.0 and both.action < alone.action - 100
     assert both.origin.startswith("minimize") and "least action" in both.message
@@ -147,8 +150,8 @@ def test_two_local_minima_the_least_action_wins():
 def test_non_convergence_is_reported_and_never_ok():
     ds = paper_data(64, 4)
     for strategy in eos.STRATEGIES:
-        result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=(1e3,), strategy=strategy, rtol=1e-14, maxiter=1,
-                                                 max_subdivisions=1))
+        result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=(1e3,)),
+                               SolverOptions(strategy=strategy, rtol=1e-14, maxiter=1, max_subdivisions=1))
         assert not result.converged and result.status == "not_converged" and not result.certified
         assert result.rel_residual > 1e-14 and result.failed_factor is not None
         assert "did not converge" in result.message
@@ -161,8 +164,8 @@ def test_subdivision_rescues_a_hard_step():
     # Straight from the NNGP limit to h fails for anderson on these data (it stalls in 5
     # iterations); inserted geometric factors make every step easy.
     ds = paper_data(128, 8)
-    result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=(), strategy="anderson", rtol=1e-6, maxiter=5,
-                                             max_subdivisions=6))
+    result = eos.solve_eos(ds.X, ds.y, paper(annealing_factors=()),
+                           SolverOptions(strategy="anderson", rtol=1e-6, maxiter=5, max_subdivisions=6))
     assert result.converged
     assert any(not s.accepted for s in result.steps) and max(s.depth for s in result.steps) >= 1
     assert result.steps[-1].factor == 500 and result.steps[-1].accepted
@@ -171,7 +174,7 @@ def test_subdivision_rescues_a_hard_step():
 def test_huge_annealing_factor_stays_at_the_nngp_limit():
     ds = paper_data(128, 8)
     chi = 1e12
-    result = eos.solve_eos(ds.X, ds.y, paper(h=chi, rtol=1e-12))
+    result = eos.solve_eos(ds.X, ds.y, paper(h=chi), SolverOptions(rtol=1e-12))
     assert result.status == "ok"
     ev = eos.EoSEvaluator(ds.X, ds.y)
     T0 = ev.state(ev.nngp_sigma()).T
@@ -240,7 +243,8 @@ def test_solves_are_reproducible():
 @pytest.mark.parametrize("strategy", eos.STRATEGIES)
 def test_cuda_matches_cpu(strategy):
     ds = paper_data(128, 4)
-    cpu, gpu = (eos.solve_eos(ds.X, ds.y, paper(annealing_factors=SCHEDULE, strategy=strategy), device=dev)
+    cpu, gpu = (eos.solve_eos(ds.X, ds.y, paper(annealing_factors=SCHEDULE), SolverOptions(strategy=strategy),
+                                device=dev)
                 for dev in ("cpu", "cuda"))
     assert gpu.status == "ok" and cpu.status == "ok"
     # Both within rtol = 1e-8 of the same fixed point (conditioning ~1 at d = 4).
@@ -251,7 +255,7 @@ def test_a_tolerance_below_the_float64_noise_is_reported_not_met():
     """rtol = 1e-15 is below what float64 evaluations of the map can resolve: the solve stops at
     the near-solution (no subdivision of chi), says how large the noise is, and is not ok."""
     ds = paper_data(64, 2)
-    result = eos.solve_eos(ds.X, ds.y, paper(rtol=1e-15))
+    result = eos.solve_eos(ds.X, ds.y, PAPER, SolverOptions(rtol=1e-15))
     assert result.status == "not_converged" and not result.certified
     assert "float64 noise of the map" in result.message
     assert result.factor == 500 and all(s.depth == 0 for s in result.steps)
@@ -274,7 +278,7 @@ def test_relu_at_the_papers_sig2_d1_is_certified_and_homogeneous(N):
     scale invariant); the rank-two evaluation reaches rtol where the dense one stalled at 1e-6."""
     ds = paper_data(N, 1)
     result = eos.solve_eos(ds.X, ds.y, PAPER, activation="relu")
-    assert result.status == "ok" and result.certified and result.rel_residual <= PAPER.rtol
+    assert result.status == "ok" and result.certified and result.rel_residual <= SolverOptions.rtol
     nc1, nc1_0 = (float(metrics.nc1_kernel(Q, ds.labels)) for Q in (result.Q, result.Q0))
     # Q = s Q0 entrywise up to the kernel map's few roundings: nc1_round_off (~1e-11 relative)
     assert abs(nc1 - nc1_0) <= nc1_round_off(result.Q0, ds.labels)
@@ -289,7 +293,7 @@ def test_relu_at_the_papers_sig2_d2_is_ok_or_noise_limited_with_a_bound(N):
     assert result.status in ("ok", "noise_limited"), result.message
     assert result.curvature > 0
     if result.status == "noise_limited":
-        assert result.noise > PAPER.rtol and result.rel_residual <= 5.0 * result.noise
+        assert result.noise > SolverOptions.rtol and result.rel_residual <= 5.0 * result.noise
         assert not result.converged and not result.certified and "float64 noise" in result.message
         bound = eos.nc1_error_bound(result, ds.X, ds.labels, PAPER, activation="relu")
         assert 0 <= bound < 1e-2 * float(metrics.nc1_kernel(result.Q, ds.labels))
@@ -323,3 +327,8 @@ def test_newton_polish_core_reaches_known_minimum_and_rejects_bad_steps():
     x0 = np.zeros(1)
     x, g, steps = newton_steps(far, x0, far(x0), step=1e-6, maxiter=8, accept=0.5)
     assert steps == 0 and np.array_equal(x, x0)
+
+
+def test_the_strategy_names_the_config_reads_are_the_solvers():
+    assert tuple(eos.STRATEGIES) == EOS_STRATEGIES
+    assert SCHEMA["eos_update_strategy"].type.split("|") == list(EOS_STRATEGIES)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shallow_collapse.params import PosteriorParams
+from shallow_collapse.params import EoSParams, PosteriorParams
 from shallow_collapse.posterior import sample_posterior
 
 SIGW2, SIGA2 = 1.0, 1.0  # h = 1: the readout's prior variance is siga2 / h = 1
@@ -90,7 +90,7 @@ def test_chains_agree_with_quadrature_or_say_they_did_not_converge(act, d, sig2)
     # posterior here; the ellipse through w and a prior draw crosses ReLU's sign regions freely
     params = PosteriorParams(chains=CHAINS, burn_in=200, samples=4000, se_max=0.05)  # h = 1: NC1 swings widely
     results = sample_posterior(X[None].repeat(GROUPS, 1, 1), y[None, :, None].repeat(GROUPS, 1, 1), LABELS,
-                               PHI[act][0], sigw2=SIGW2, siga2=SIGA2, sig2=sig2, h=1, params=params,
+                               PHI[act][0], prior=EoSParams(sigw2=SIGW2, siga2=SIGA2, sig2=sig2, h=1), params=params,
                                seeds=list(range(100, 100 + GROUPS * CHAINS)), homogeneous=act == "relu")
     ok = [r for r in results if r.status == "ok"]
     assert len(ok) == GROUPS, [r.message for r in results if r.status != "ok"]

@@ -11,7 +11,7 @@ import torch
 from shallow_collapse import metrics
 from shallow_collapse.data import gaussian_data
 from shallow_collapse.kernels import limiting_kernels
-from shallow_collapse.params import NetworkParams, PosteriorParams
+from shallow_collapse.params import EoSParams, NetworkParams, PosteriorParams
 from shallow_collapse.posterior import sample_posterior
 from shallow_collapse.posterior import chains
 
@@ -37,7 +37,7 @@ def test_posterior_approaches_the_gp_as_the_width_grows():
         # a sweep is h neuron updates: the narrow networks get more, cheaper sweeps
         # (R-hat at 1.02: the trend, not the last digit of convergence, is under test here)
         params = PosteriorParams(chains=M, burn_in=100, samples=3000 if h <= 16 else 400, rhat_max=1.02)
-        (r,) = sample_posterior(X, Y, ds.labels, torch.erf, sigw2=1.0, siga2=siga2, sig2=sig2, h=h, params=params,
+        (r,) = sample_posterior(X, Y, ds.labels, torch.erf, EoSParams(sigw2=1.0, siga2=siga2, sig2=sig2, h=h), params,
                                 seeds=list(range(100 * h, 100 * h + M)))
         assert r.status == "ok", (h, r.message)
         gaps.append((abs(r.log10_nc1 - nngp), r.se_log10_nc1))
@@ -49,10 +49,10 @@ def test_posterior_approaches_the_gp_as_the_width_grows():
 
 def test_short_or_broken_chains_are_statuses_not_exceptions():
     ds, X, Y = _data()
-    short = sample_posterior(X, Y, ds.labels, torch.erf, sigw2=1.0, siga2=1.0, sig2=0.1, h=8,
+    short = sample_posterior(X, Y, ds.labels, torch.erf, prior=EoSParams(sigw2=1.0, siga2=1.0, sig2=0.1, h=8),
                              params=PosteriorParams(burn_in=0, samples=4, chains=2), seeds=[1, 2])[0]
     assert short.status == "not_converged" and short.message
-    broken = sample_posterior(X, Y, ds.labels, lambda z: z * math.nan, sigw2=1.0, siga2=1.0, sig2=0.1, h=8,
+    broken = sample_posterior(X, Y, ds.labels, lambda z: z * math.nan, EoSParams(sigw2=1.0, siga2=1.0, sig2=0.1, h=8),
                               params=PosteriorParams(burn_in=2, samples=4, chains=2), seeds=[1, 2])[0]
     assert broken.status == "nan" and broken.message
 
@@ -62,7 +62,7 @@ def test_chains_started_far_from_the_posterior_are_flagged():
     disagree, and the draw is not ok however its other diagnostics read."""
     ds, X, Y = _data()
     far = 400.0 * torch.eye(2, dtype=torch.float64)[None] / 2
-    (r,) = sample_posterior(X, Y, ds.labels, torch.erf, sigw2=1.0, siga2=1.0, sig2=1e-4, h=64,
+    (r,) = sample_posterior(X, Y, ds.labels, torch.erf, prior=EoSParams(sigw2=1.0, siga2=1.0, sig2=1e-4, h=64),
                             params=PosteriorParams(burn_in=0, samples=8, chains=4), seeds=[1, 2, 3, 4],
                             start_sigma=far)
     assert r.status == "not_converged"
@@ -84,7 +84,7 @@ def test_a_chain_does_not_depend_on_the_chains_beside_it():
     """Chain b draws every random number from its own seed: alone or in a batch of draws, same numbers."""
     ds, X, Y = _data()
     params = PosteriorParams(burn_in=10, samples=8, chains=2)
-    kw = dict(sigw2=1.0, siga2=1.0, sig2=0.1, h=8, params=params)
+    kw = dict(prior=EoSParams(sigw2=1.0, siga2=1.0, sig2=0.1, h=8), params=params)
     alone = sample_posterior(X, Y, ds.labels, torch.erf, seeds=[5, 6], **kw)[0]
     other = gaussian_data((8, 8), 2, [-1.0, 1.0], [1.0, 1.0], 0, 1)
     both = sample_posterior(torch.cat([X, other.X[None]]), torch.cat([Y, other.y[None, :, None]]), ds.labels,
@@ -100,7 +100,8 @@ def test_a_chain_does_not_depend_on_the_chains_beside_it():
 def test_chain_groups_do_not_change_the_chains(monkeypatch):
     """Chains run in cache-sized groups; one chain per group gives the same chains to rounding."""
     ds, X, Y = _data()
-    kw = dict(sigw2=1.0, siga2=1.0, sig2=0.1, h=8, params=PosteriorParams(burn_in=5, samples=6, chains=4),
+    kw = dict(prior=EoSParams(sigw2=1.0, siga2=1.0, sig2=0.1, h=8),
+              params=PosteriorParams(burn_in=5, samples=6, chains=4),
               seeds=[5, 6, 7, 8])
     together = sample_posterior(X, Y, ds.labels, torch.erf, **kw)[0]
     monkeypatch.setattr(chains, "GROUP_BYTES", 1)
@@ -114,8 +115,9 @@ def test_chain_groups_do_not_change_the_chains(monkeypatch):
 def test_cuda_chain_equals_cpu_in_float64():
     ds, X, Y = _data()
     params = PosteriorParams(burn_in=10, samples=8, chains=2)
-    runs = [sample_posterior(X.to(dev), Y.to(dev), ds.labels.to(dev), torch.erf, sigw2=1.0, siga2=1.0, sig2=0.1,
-                             h=8, params=params, seeds=[1, 2])[0] for dev in ("cpu", "cuda")]
+    runs = [sample_posterior(X.to(dev), Y.to(dev), ds.labels.to(dev), torch.erf,
+                             EoSParams(sigw2=1.0, siga2=1.0, sig2=0.1, h=8), params, seeds=[1, 2])[0]
+            for dev in ("cpu", "cuda")]
     # as in test_a_chain_does_not_depend_on_the_chains_beside_it: ~1e-12 from the order of sums
     assert runs[1].log10_nc1 == pytest.approx(runs[0].log10_nc1, rel=1e-9)
     np.testing.assert_allclose(runs[1].sigma, runs[0].sigma, rtol=1e-9)

@@ -89,47 +89,40 @@ def _arviz(name: str, x: np.ndarray, **kwargs) -> float:
     return float(value)
 
 
+def _decided(x, name: str, *, constant, stuck: float, **kwargs) -> float:
+    """ArviZ's ``name`` of draws ``x`` ``(S, M)``, or the value decided here (module docstring): NaN
+    when undefined, ``constant`` when every draw is equal ("size": S M), ``stuck`` when some chain
+    never moved while others did."""
+    x, case = _draws(x)
+    if case == _UNDEFINED:
+        return math.nan
+    if case == _CONSTANT:
+        return float(x.size) if constant == "size" else constant
+    if case == _STUCK:
+        return stuck
+    return _arviz(name, x, **kwargs)
+
+
 def rhat(x: np.ndarray) -> float:
     """Rank-normalised split R-hat of draws ``x`` ``(S, M)``: max of the bulk and the folded (tail)
     rank-normalised split R-hat (Vehtari et al. 2021). Converged chains give values near 1;
     Vehtari et al. ask for < 1.01. NaN with S < 4, M < 2 or a non-finite draw; 1.0 when every
     draw is equal; +inf when some chain never moved while others did."""
-    x, case = _draws(x)
-    if case == _UNDEFINED or x.shape[1] < 2:
-        return math.nan
-    if case == _CONSTANT:
-        return 1.0
-    if case == _STUCK:
-        return math.inf
-    return _arviz("rhat", x, method="rank")
+    return _decided(x, "rhat", constant=1.0, stuck=math.inf, method="rank")
 
 
 def ess_bulk(x: np.ndarray) -> float:
     """Bulk effective sample size of draws ``x`` ``(S, M)``: Geyer's initial monotone sequence
     estimator on the rank-normalised split chains (Vehtari et al. 2021). NaN with S < 4 or a
     non-finite draw; S M when every draw is equal; 0.0 when some chain never moved while others did."""
-    x, case = _draws(x)
-    if case == _UNDEFINED:
-        return math.nan
-    if case == _CONSTANT:
-        return float(x.size)
-    if case == _STUCK:
-        return 0.0
-    return _arviz("ess", x, method="bulk")
+    return _decided(x, "ess", constant="size", stuck=0.0, method="bulk")
 
 
 def ess_tail(x: np.ndarray) -> float:
     """Tail effective sample size of draws ``x`` ``(S, M)``: the smaller of the split-chain ESS of
     the indicators ``x <= q`` at the 5% and 95% quantiles q (:data:`TAIL_PROB`). NaN, S M and 0.0
     as :func:`ess_bulk`."""
-    x, case = _draws(x)
-    if case == _UNDEFINED:
-        return math.nan
-    if case == _CONSTANT:
-        return float(x.size)
-    if case == _STUCK:
-        return 0.0
-    return _arviz("ess", x, method="tail", prob=TAIL_PROB)
+    return _decided(x, "ess", constant="size", stuck=0.0, method="tail", prob=TAIL_PROB)
 
 
 def mcse_mean(x: np.ndarray) -> float:
@@ -137,14 +130,7 @@ def mcse_mean(x: np.ndarray) -> float:
     over all draws (ddof 1), ESS_mean the split-chain ESS of the draws themselves (not of their
     ranks). NaN with S < 4 or a non-finite draw; 0.0 when every draw is equal; +inf when some chain
     never moved while others did."""
-    x, case = _draws(x)
-    if case == _UNDEFINED:
-        return math.nan
-    if case == _CONSTANT:
-        return 0.0
-    if case == _STUCK:
-        return math.inf
-    return _arviz("mcse", x, method="mean")
+    return _decided(x, "mcse", constant=0.0, stuck=math.inf, method="mean")
 
 
 def ratio_log10(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:

@@ -11,7 +11,7 @@ has log-likelihood (up to a constant shared by all candidates)
 
     log L(u) = -(C/2) log(1 + c rho) + (c/2) |omega|^2 / (1 + c rho),  rho = u^T B u,  omega = Y^T B u.
 
-The state keeps M = C_W^{-1} ``(B, N, N)`` and Z = M Y (:class:`NForm`): B u = M u + kappa p (p . u),
+The state keeps M = C_W^{-1} ``(B, N, N)`` and Z = M Y (:class:`CovarianceInverse`): B u = M u + kappa p (p . u),
 p = M phi_j, kappa = c / (1 - c phi_j . p); after the move M += kappa p p^T - gamma r r^T with
 r = B u, gamma = c / (1 + c rho) (Sherman-Morrison twice). O(N^2) per candidate. rho is a quadratic
 form of the positive definite B, so it keeps its relative accuracy however small sig2 is. (The
@@ -88,7 +88,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
-class NForm:
+class CovarianceInverse:
     """C_W^{-1} ``(B, N, N)`` and Z = C_W^{-1} Y ``(B, N, C)`` of the chains' features ``F``."""
 
     def __init__(self, target: GibbsTarget, F: torch.Tensor):
@@ -141,7 +141,7 @@ class GibbsState:
 
     W: torch.Tensor
     F: torch.Tensor
-    form: NForm
+    form: CovarianceInverse
 
 
 @dataclass
@@ -158,7 +158,7 @@ class SweepInfo:
 def init(target: GibbsTarget, W: torch.Tensor) -> GibbsState:
     """The state at ``W`` ``(B, h, d)``."""
     F = target.features(W)
-    return GibbsState(W, F, NForm(target, F))
+    return GibbsState(W, F, CovarianceInverse(target, F))
 
 
 @dataclass

@@ -26,10 +26,13 @@ candidates (the chain then stays at w_j): both the shrinkage and the cut pair ea
 reverse of the same length, so the update stays reversible; cuts are counted.
 
 For positively homogeneous activations (the ReLU family, abs) a scale move W -> s W follows each
-sweep: K_W -> s^2 K_W, so one eigendecomposition of the smaller Gram matrix gives the exact 1-D
-conditional of t = log s, sampled by slice sampling with stepping out (Neal 2003).
+sweep: K_W -> s^2 K_W, so one thin SVD of F gives the exact 1-D conditional of t = log s, sampled
+by slice sampling with stepping out (Neal 2003).
 
-The inverses drift by rounding; each sweep ends with a fresh factorisation, and the largest
+The neuron updates run here in batched torch (any activation, any device) or, for erf and the
+ReLU family on CPU, in the compiled loop of :mod:`.compiled` (the same chain to rounding).
+
+The inverse drifts by rounding; each sweep ends with a fresh factorisation, and the largest
 relative difference to the updated one is recorded (``drift``).
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from shallow_collapse import metrics
+from shallow_collapse.activations import get
 from shallow_collapse.data import gaussian_data
 from shallow_collapse.kernels import limiting_kernels
 from shallow_collapse.params import EoSParams, NetworkParams, PosteriorParams
@@ -37,7 +38,7 @@ def test_posterior_approaches_the_gp_as_the_width_grows():
         # a sweep is h neuron updates: the narrow networks get more, cheaper sweeps
         # (R-hat at 1.02: the trend, not the last digit of convergence, is under test here)
         params = PosteriorParams(chains=M, burn_in=100, samples=3000 if h <= 16 else 400, rhat_max=1.02)
-        (r,) = sample_posterior(X, Y, ds.labels, torch.erf, EoSParams(sigw2=1.0, siga2=siga2, sig2=sig2, h=h), params,
+        (r,) = sample_posterior(X, Y, ds.labels, get("erf"), EoSParams(sigw2=1.0, siga2=siga2, sig2=sig2, h=h), params,
                                 seeds=list(range(100 * h, 100 * h + M)))
         assert r.status == "ok", (h, r.message)
         gaps.append((abs(r.log10_nc1 - nngp), r.se_log10_nc1))

@@ -36,6 +36,7 @@ over a second to import, which ``import shallow_collapse.posterior.diagnostics``
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -205,10 +206,22 @@ def save_traces(path: str | os.PathLike, series: Mapping[str, np.ndarray],
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        tree.to_netcdf(partial, engine="h5netcdf")
+        with _local_writes():
+            tree.to_netcdf(partial, engine="h5netcdf")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _local_writes():
+    """A context in which xarray writes in this thread: where dask is installed, xarray's netCDF
+    writer asks dask for its scheduler, and a process that once used dask.distributed (the
+    ``executor: dask`` sweeps) may still name it with no client left, which fails the write."""
+    try:
+        import dask
+    except ImportError:
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="synchronous")
 
 
 def load_traces(path: str | os.PathLike) -> xarray.DataTree:

@@ -251,3 +251,13 @@ def test_importing_the_module_does_not_import_arviz():
             "print(sorted(m for m in ('arviz_stats', 'arviz_base', 'xarray', 'h5netcdf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_traces_are_written_while_dask_names_a_distributed_scheduler_with_no_client(tmp_path):
+    """After an ``executor: dask`` sweep a process may keep dask's scheduler set to
+    dask.distributed with no client; xarray's writer asks dask for it, and the write must not fail."""
+    dask = pytest.importorskip("dask")
+    x = np.random.default_rng(0).standard_normal((8, 2))
+    with dask.config.set(scheduler="dask.distributed"):
+        save_traces(tmp_path / "t.nc", {"a": x})
+    np.testing.assert_array_equal(load_traces(tmp_path / "t.nc")["posterior"]["a"].values.T, x)

@@ -26,6 +26,7 @@ import yaml
 from . import data as data_sources
 from .data import DATA_CLASSES, SOURCES as DATA_SOURCES
 from . import activations
+from .mean_field import MeanFieldParams
 from .params import EOS_STRATEGIES, EoSParams, NetworkParams, PosteriorParams, ProbeParams, SGDParams, SolverOptions
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "keys_of", "used_keys", "load_config", "resolve", "parse_override",
@@ -85,7 +86,7 @@ class Key:
     default: Any
     type: str  # int, float, bool, str, list[int], list[float], list[list[int]], or "a|b|c" choices
     scope: str  # data, single, grid, grid_balanced, grid_imbalanced, network, init, fcn, probe, ak, ak_single,
-    #             posterior, study, run
+    #             posterior, mean_field, study, run
     help: str  # a default of None means "derived from other keys" or "not set"
     bound: Bound | None = None  # checked on the value (on each entry of a list), None stays allowed
     when: Callable[[dict], bool] | None = None  # read only when true of the config; None: always
@@ -169,6 +170,36 @@ SCHEMA: dict[str, Key] = {
     "posterior_se_max": Key(PosteriorParams.se_max, "float", "posterior",
                             "a draw whose Monte Carlo SE of log10 NC1 exceeds this is not_converged",
                             bound=POSITIVE),
+    # the mean-field adaptive kernel (docs/THEORIES.md, docs/MATH.md section 11): MeanFieldParams' knobs
+    "mean_field_method": Key(MeanFieldParams.method, "auto|quadrature|walkers", "mean_field",
+                             "mean-field solver: auto (quadrature for d <= 2, walkers above), quadrature (d <= 2) "
+                             "or walkers"),
+    "mean_field_damping": Key(MeanFieldParams.damping, "float", "mean_field",
+                              "eta of the damped iteration Phi <- (1 - eta) Phi + eta E_p[phi phi^T]", bound=FRACTION),
+    "mean_field_iterations": Key(MeanFieldParams.iterations, "int", "mean_field",
+                                 "iteration budget of the quadrature, or of the walkers' damped phase",
+                                 bound=POSITIVE_INT),
+    "mean_field_averaging": Key(MeanFieldParams.averaging, "int", "mean_field",
+                                "walkers: Robbins-Monro averaging iterations after the damped phase",
+                                bound=NON_NEGATIVE_INT),
+    "mean_field_rtol": Key(MeanFieldParams.rtol, "float", "mean_field",
+                           "converged when max|E_p[phi phi^T] - Phi| / max|Phi| <= rtol (walkers: or within "
+                           "mean_field_mc_tol Monte Carlo SEs)", bound=FRACTION),
+    "mean_field_mc_tol": Key(MeanFieldParams.mc_tol, "float", "mean_field",
+                             "walkers: the residual may be this many Monte Carlo SEs of itself", bound=POSITIVE),
+    "mean_field_walkers": Key(MeanFieldParams.walkers, "int", "mean_field",
+                              "walkers per replicate solve (d > 2), moved by elliptical slice sampling",
+                              bound=TWO_OR_MORE),
+    "mean_field_sweeps": Key(MeanFieldParams.sweeps, "int", "mean_field",
+                             "walkers: elliptical slice updates per walker and iteration", bound=POSITIVE_INT),
+    "mean_field_burn_in": Key(MeanFieldParams.burn_in, "int", "mean_field",
+                              "walkers: updates before the first estimate", bound=NON_NEGATIVE_INT),
+    "mean_field_replicates": Key(MeanFieldParams.replicates, "int", "mean_field",
+                                 "walkers: independent solves per draw, for the Monte Carlo SE of log10 NC1",
+                                 bound=POSITIVE_INT),
+    "mean_field_max_points": Key(MeanFieldParams.max_points, "int", "mean_field",
+                                 "quadrature (d <= 2): most nodes of a refined grid (sets its memory)",
+                                 bound=POSITIVE_INT),
     "probe_features": Key(ProbeParams.probe_features, "bool", "probe", "probe NC1 of every layer's features during training"),
     "probe_weights": Key(ProbeParams.probe_weights, "bool", "probe", "probe the spectra of W^T W during training"),
     "probe_kernels": Key(False, "bool", "probe", "also compute the limiting kernels of the run's data"),

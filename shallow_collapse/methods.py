@@ -4,11 +4,12 @@ checks, comparisons, figures and the paper iterate this list; a new method is it
 one entry here (CONTRIBUTING.md)."""
 from __future__ import annotations
 
-from .experiments import Method, Row, adaptive_kernel, fcn, limiting_kernels, posterior
+from .experiments import Method, Row, adaptive_kernel, fcn, limiting_kernels, mean_field, posterior
 
 __all__ = ["METHODS", "ROWS", "label"]
 
-METHODS: tuple[Method, ...] = (limiting_kernels.METHOD, fcn.METHOD, adaptive_kernel.METHOD, posterior.METHOD)
+METHODS: tuple[Method, ...] = (limiting_kernels.METHOD, fcn.METHOD, adaptive_kernel.METHOD, mean_field.METHOD,
+                               posterior.METHOD)
 ROWS: dict[str, Row] = {row.name: row for m in METHODS for row in m.owns}  # every kind of row, by name
 
 

@@ -192,9 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", default=None, metavar="DIR",
                         help="folder of the six sweep configs (default: the folder of CONFIG)")
     parser.add_argument("--matched", default=None, metavar="CONFIG",
-                        help="then also run the matched study of this config (the AK against the posterior "
-                             "network it describes, e.g. configs/matched_study.yml; about 12 minutes on 2 "
-                             "busy cores) in its own folder, after the paper page is written")
+                        help="then also run the matched study of this config (the AK and the mean-field kernel "
+                             "against the posterior network they describe, e.g. configs/matched_study.yml) in "
+                             "its own folder, after the paper page is written")
     args = parser.parse_intermixed_args(argv)
     try:
         paper_cfg, shared, sweeps = plan(args.config, args.overrides, args.configs)

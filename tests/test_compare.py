@@ -184,3 +184,26 @@ def _nngp_round_off(cfg) -> float:
             K = limiting_kernels(ds.X, net).post[0]
             worst = max(worst, nc1_round_off(K, ds.labels) / float(nc1_kernel(K, ds.labels)))
     return worst
+
+
+def test_the_mean_field_pairs_come_from_the_registry():
+    from shallow_collapse.compare import _pairs
+
+    pairs = _pairs(["nngp", "ak", "mean_field", "posterior"])
+    assert {("mean_field", "nngp"), ("mean_field", "posterior"), ("mean_field", "ak"), ("ak", "posterior")} <= set(pairs)
+
+
+def test_a_mean_field_sweep_compares_beside_the_ak(write_config, tmp_path, capsys):
+    """A mean-field sweep beside an AK sweep of the same keys: rows paired as mean_field - ak and
+    each - nngp, the two sweeps' NNGP (both of the EoS prior) one method."""
+    keys = ["h=8", "sig2=0.05", "siga2=0.5", "annealing_factors=[100.0]", "N_list=[16]", "in_features_list=[1,2]"]
+    folders = []
+    for job in ("mean_field_bulk_balanced", "adaptive_kernels_bulk_balanced"):
+        out = tmp_path / job
+        assert main(job, [str(write_config()), *keys, "--out", str(out)]) == 0
+        folders.append(next((out / "tiny").iterdir()))
+    capsys.readouterr()
+    assert compare_main([*map(str, folders), "--out", str(tmp_path / "cmp")]) == 0
+    path = tmp_path / "cmp" / "compare" / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    pairs = {d["pair"] for d in read_table(path / "paired_differences.csv")}
+    assert {"mean_field-ak", "mean_field-nngp", "ak-nngp"} <= pairs, pairs
